@@ -1,0 +1,116 @@
+"""Figures and the models report under reports/ (or $REPORTS_DIR)."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from export import store  # noqa: E402
+from modelspec import EXPORT_ORDER  # noqa: E402
+
+
+def reports_dir() -> str:
+    folder = os.environ.get("REPORTS_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), "reports"))
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def training_figures(name: str, history: dict[str, list[float]], samples: np.ndarray | None) -> list[str]:
+    written = []
+    if history:
+        fig, axes = plt.subplots(1, len(history), figsize=(4 * len(history), 3), squeeze=False)
+        for ax, (key, values) in zip(axes[0], history.items()):
+            ax.plot(range(1, len(values) + 1), values)
+            ax.set_title(f"{name}: {key}")
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(os.path.join(reports_dir(), f"{name}-training.png"))
+        fig.savefig(written[-1], dpi=90)
+        plt.close(fig)
+    if samples is not None:
+        written.append(os.path.join(reports_dir(), f"{name}-samples.png"))
+        plt.imsave(written[-1], image_grid(samples), cmap="gray", vmin=0, vmax=1)
+    return written
+
+
+def image_grid(images: np.ndarray, columns: int = 8, gap: int = 2) -> np.ndarray:
+    """[N, 1, H, W] -> one [rows*(H+gap), columns*(W+gap)] picture."""
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    grid = np.zeros((rows * (h + gap), columns * (w + gap)), dtype=np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = image[0]
+    return grid
+
+
+def headline(metrics: dict) -> str:
+    if "accuracy" in metrics:
+        return f"accuracy {metrics['accuracy']:.4f} (n={metrics['n']})"
+    text = f"{metrics['classes_covered']}/10 classes, mean confidence {metrics['mean_confidence']:.3f}"
+    if "reconstruction_mse" in metrics:
+        text += f", reconstruction MSE {metrics['reconstruction_mse']:.4f}"
+    return text
+
+
+def models_report() -> str:
+    """reports/models.md: every latest stored model with its metrics, floor and provenance."""
+    lines = [
+        "# Stored models",
+        "",
+        "Written by `python -m export` from the latest version of each model in the store.",
+        "Every metric is measured with ONNX Runtime on the model's own `eval.npz`; re-check with `python -m export verify`.",
+        "",
+        "| model | version | metric | floor | dataset | training | parity (max abs diff) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    details = []
+    for name in EXPORT_ORDER:
+        model = store.latest(name)
+        if model is None:
+            lines.append(f"| {name} | not stored | | | | | |")
+            continue
+        md = model.info.metadata
+        floor = md["spec"]["floor"]
+        floor_text = (
+            f"{floor['metric']} >= {floor['minimum']}"
+            if "minimum" in floor
+            else f"{floor['metric']} within {floor['max_drop']} of {floor['relative_to']}"
+        )
+        dataset = md["dataset"]
+        training = md.get("training", {})
+        parity = md.get("parity_max_abs_diff", {})
+        lines.append(
+            f"| {name} | {model.tag.version} | {headline(md['metrics'])} | {floor_text} | "
+            f"{dataset['name']} ({dataset['sizes']['train']} train / {dataset['sizes']['test']} test) | "
+            f"{training.get('profile', '')}, {training.get('seconds', '-')} s | "
+            f"{', '.join(f'{k}: {v:.1e}' for k, v in parity.items()) or '-'} |"
+        )
+        extra = {k: v for k, v in training.items() if k.startswith("baseline")}
+        if extra:
+            details.append(f"- {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()))
+        if "quantization" in md:
+            q = md["quantization"]
+            details.append(
+                f"- {name}: chose `{q['chosen']}`; FP32 {q['fp32_latency_ms_batch32']:.2f} ms at batch 32; "
+                + "; ".join(
+                    f"{k}: {c['latency_ms_batch32']:.2f} ms ({c['speedup_vs_fp32']:.2f}x), accuracy {c['accuracy']:.4f}, "
+                    f"{c['bytes'] / 1024:.0f} KiB"
+                    for k, c in q["candidates"].items()
+                )
+                + f" (FP32 {q['fp32_bytes'] / 1024:.0f} KiB; {q['timing']})"
+            )
+        if "class_counts" in md["metrics"]:
+            details.append(f"- {name}: samples per class as judged by cnn: {md['metrics']['class_counts']}")
+    if details:
+        lines += ["", "## Details", "", *details]
+    path = os.path.join(reports_dir(), "models.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path

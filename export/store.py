@@ -1,0 +1,58 @@
+"""The BentoML model store: where verified models go, and where their metadata comes back from.
+
+A model is written to the store only after every check has passed, in one
+`bentoml.models.create` block; an exception inside it leaves the store as it was, so the
+last good version stays the latest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+from importlib import metadata as package_metadata
+
+import bentoml
+
+from modelspec import OPSET, ModelSpec
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "onnx", "onnxscript", "onnxruntime", "bentoml", "numpy"):
+        try:
+            versions[name] = package_metadata.version(name)
+        except package_metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def save(spec: ModelSpec, folder: str, metadata: dict) -> bentoml.Model:
+    """Store every file of `folder` as a new version of `spec.name`, with the checksums of its
+    ONNX files and the spec itself in the metadata."""
+    onnx_files = {
+        g.filename: {"sha256": sha256_file(os.path.join(folder, g.filename)), "bytes": os.path.getsize(os.path.join(folder, g.filename))}
+        for g in spec.graphs
+    }
+    full_metadata = {"spec": spec.to_dict(), "opset": OPSET, "onnx_files": onnx_files, "versions": package_versions(), **metadata}
+    labels = {"task": spec.task, "profile": str(metadata.get("training", {}).get("profile", ""))}
+    with bentoml.models.create(spec.name, labels=labels, metadata=full_metadata) as model:
+        for name in sorted(os.listdir(folder)):
+            shutil.copy2(os.path.join(folder, name), model.path_of(name))
+    return model
+
+
+def latest(name: str) -> bentoml.Model | None:
+    try:
+        return bentoml.models.get(f"{name}:latest")
+    except bentoml.exceptions.NotFound:
+        return None

@@ -1,0 +1,64 @@
+"""`python -m export verify`: re-check every latest stored model with plain ONNX Runtime.
+
+For each model: the ONNX files match their stored sha256, the metric measured again on the
+stored eval.npz equals the stored one, and the floor holds. Exit status 1 on any failure.
+"""
+
+from __future__ import annotations
+
+import math
+
+from export import store
+from export.evaluate import evaluate, floor_failure
+from export.pipeline import load_eval_arrays
+from modelspec import EXPORT_ORDER, ModelSpec
+
+TOLERANCE = 1e-6
+
+
+def differences(stored: dict, measured: dict, prefix: str = "") -> list[str]:
+    found = []
+    for key, value in stored.items():
+        if key not in measured:
+            found.append(f"{prefix}{key} missing")
+        elif isinstance(value, dict):
+            found += differences(value, measured[key], f"{prefix}{key}.")
+        elif isinstance(value, float) and not math.isclose(value, measured[key], rel_tol=TOLERANCE, abs_tol=TOLERANCE):
+            found.append(f"{prefix}{key}: stored {value}, measured {measured[key]}")
+        elif not isinstance(value, float) and value != measured[key]:
+            found.append(f"{prefix}{key}: stored {value}, measured {measured[key]}")
+    return found
+
+
+def check(name: str) -> list[str]:
+    model = store.latest(name)
+    if model is None:
+        return [f"{name}: not in the store"]
+    md = model.info.metadata
+    spec = ModelSpec.from_dict(md["spec"])
+    problems = []
+    for filename, expected in md["onnx_files"].items():
+        actual = store.sha256_file(model.path_of(filename))
+        if actual != expected["sha256"]:
+            problems.append(f"{model.tag}: {filename} sha256 {actual} != stored {expected['sha256']}")
+    if problems:
+        return problems
+    judge = store.latest("cnn")
+    metrics = evaluate(spec, model.path, load_eval_arrays(model.path), judge.path_of("model.onnx") if judge else None)
+    problems += [f"{model.tag}: {d}" for d in differences(md["metrics"], metrics)]
+    reference = store.latest(spec.floor.relative_to) if spec.floor.relative_to else None
+    failure = floor_failure(spec, metrics, reference.info.metadata["metrics"] if reference else None)
+    if failure:
+        problems.append(failure)
+    return problems
+
+
+def main() -> int:
+    failed = False
+    for name in EXPORT_ORDER:
+        problems = check(name)
+        failed |= bool(problems)
+        print(f"{name:<12} {'FAILED' if problems else 'ok'}")
+        for p in problems:
+            print(f"    {p}")
+    return 1 if failed else 0

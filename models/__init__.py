@@ -1,0 +1,1 @@
+"""nn.Modules only: no data, no training, no export."""
