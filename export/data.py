@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from modelspec.image import grey_pixels, light_on_dark
+
 
 class DataError(ValueError):
     """Bad or missing training data; the message names the file and the problem."""
@@ -242,32 +244,6 @@ def load_idx(folder: str) -> ImageDataset:
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
 MIXED_SIZE_TARGET = (28, 28)
-SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
-
-
-def grey_pixels(image: Image.Image) -> np.ndarray:
-    """float32 [H, W] in [0, 1]. 16-bit greys keep their full range; transparent pixels take the
-    background that contrasts with the opaque ones, so ink on a transparent canvas stays visible."""
-    if image.mode in SIXTEEN_BIT_MODES:
-        return np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if "A" not in image.getbands() and "transparency" not in image.info:
-        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    rgba = image.convert("RGBA")
-    grey = np.asarray(rgba.convert("L"), dtype=np.float32) / 255.0
-    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
-    opaque_mean = float((grey * alpha).sum() / alpha.sum()) if alpha.sum() > 0 else 1.0
-    background = 1.0 if opaque_mean < 0.5 else 0.0
-    return grey * alpha + background * (1.0 - alpha)
-
-
-def light_on_dark(pixels: np.ndarray) -> np.ndarray:
-    """Invert an image whose border (its background) is mostly light."""
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    return 1.0 - pixels if border.mean() > 0.5 else pixels
-
-
 def read_image(path: str) -> tuple[bytes, np.ndarray]:
     try:
         with open(path, "rb") as f:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from export.data import ImageDataset, load_image_dataset, stratified_split
 from export.recipe import Trained, TrainOptions, seed_everything, torch_threads
 from modelspec import SPECS, ModelSpec
-from modelspec.image import resize_batch
+from modelspec.image import content_margin, resize_batch
 from models.cnn import DigitCNN
 from models.resnet import SmallResNet
 
@@ -46,7 +46,11 @@ def prepare_images(spec: ModelSpec, options: TrainOptions) -> tuple[ModelSpec, I
     spec = dataclasses.replace(
         spec,
         labels=tuple(dataset.classes),
-        preprocessing={**pre, "source_size": list(dataset.images.shape[1:])},
+        preprocessing={
+            **pre,
+            "source_size": list(dataset.images.shape[1:]),
+            "content_margin": content_margin(dataset.images[train_idx]),
+        },
     )
     return spec, dataset, x, train_idx, test_idx
 

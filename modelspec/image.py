@@ -21,3 +21,80 @@ def resize_batch(images: np.ndarray, size: tuple[int, int] | list[int], resample
         resized = Image.fromarray(image, mode="F").resize((width, height), RESAMPLE[resample])
         out[i, 0] = np.asarray(resized, dtype=np.float32)
     return np.clip(out, 0.0, 1.0)
+
+
+SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def grey_pixels(image: Image.Image) -> np.ndarray:
+    """float32 [H, W] in [0, 1]. 16-bit greys keep their full range; transparent pixels take the
+    background that contrasts with the opaque ones, so ink on a transparent canvas stays visible."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        return np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    rgba = image.convert("RGBA")
+    grey = np.asarray(rgba.convert("L"), dtype=np.float32) / 255.0
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+    opaque_mean = float((grey * alpha).sum() / alpha.sum()) if alpha.sum() > 0 else 1.0
+    background = 1.0 if opaque_mean < 0.5 else 0.0
+    return grey * alpha + background * (1.0 - alpha)
+
+
+def light_on_dark(pixels: np.ndarray) -> np.ndarray:
+    """Invert an image whose border (its background) is mostly light."""
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return 1.0 - pixels if border.mean() > 0.5 else pixels
+
+
+INK_THRESHOLD = 0.2
+
+
+def ink_box(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right), exclusive ends, of the pixels above the ink threshold; None if blank."""
+    ink = pixels > INK_THRESHOLD * max(float(pixels.max()), 1e-6)
+    if not pixels.max() > 0 or not ink.any():
+        return None
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def content_margin(images: np.ndarray) -> float:
+    """Median empty border around the ink, as a fraction of the image side (0 for images whose
+    ink touches the edge, about 0.14 for MNIST's 20-in-28 boxes). Recorded at export so a
+    serving transform can frame uploads the way the training images were framed."""
+    margins = []
+    for pixels in images:
+        box = ink_box(pixels)
+        if box is not None:
+            top, bottom, left, right = box
+            side = max(bottom - top, right - left)
+            margins.append((max(pixels.shape) - side) / 2 / max(pixels.shape))
+    return round(float(np.median(margins)), 4) if margins else 0.0
+
+
+def frame_like_training(pixels: np.ndarray, preprocessing: dict) -> np.ndarray:
+    """A grey light-on-dark [H, W] image of any size -> [1, 1, H', W'] model input: crop to the
+    ink, centre it in a square with the training data's margin, average down to the training
+    images' source resolution, stretch contrast to [0, 1], then resize as in training."""
+    box = ink_box(pixels)
+    if box is not None:
+        top, bottom, left, right = box
+        ink = pixels[top:bottom, left:right]
+        side = max(ink.shape)
+        margin = float(preprocessing.get("content_margin", 0.0))
+        full = int(round(side / max(1.0 - 2 * margin, 0.1)))
+        square = np.zeros((full, full), dtype=np.float32)
+        y, x = (full - ink.shape[0]) // 2, (full - ink.shape[1]) // 2
+        square[y : y + ink.shape[0], x : x + ink.shape[1]] = ink
+        pixels = square
+    source = preprocessing.get("source_size", preprocessing["size"])
+    small = Image.fromarray(np.asarray(pixels, dtype=np.float32), mode="F").resize(
+        (int(source[1]), int(source[0])), Image.Resampling.BOX
+    )
+    small = np.asarray(small, dtype=np.float32)
+    if small.max() > 0:
+        small = small / small.max()
+    return resize_batch(small[None], preprocessing["size"], preprocessing.get("resample", "bilinear"))

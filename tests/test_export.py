@@ -20,18 +20,12 @@ import torch
 from export import pipeline, store, verify
 from export.onnx_export import ExportError, check_graph, export_graph, random_inputs, verify_parity
 from export.recipe import TrainOptions
-from modelspec import OPSET, SPECS, Floor, ModelSpec
+from conftest import any_quality
+from modelspec import OPSET, SPECS, ModelSpec
 from models.cnn import DigitCNN
 from models.resnet import SmallResNet
 
 SMOKE = TrainOptions(profile="smoke", progress=False)
-
-
-def any_quality(name: str) -> ModelSpec:
-    """The spec with a floor every smoke-trained model meets, to test storing itself."""
-    spec = SPECS[name]
-    floor = Floor(spec.floor.metric, minimum=0.0) if spec.floor.relative_to is None else dataclasses.replace(spec.floor, max_drop=1.0)
-    return dataclasses.replace(spec, floor=floor)
 
 
 def versions(name: str) -> list[str]:

@@ -1,0 +1,1 @@
+"""Stored models -> HTTP. Never imports torch, nor anything from export/."""

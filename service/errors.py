@@ -1,0 +1,45 @@
+"""Client mistakes: answered with 4xx and a JSON body {"error": ..., "detail": ..., "field": ...}."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+from starlette.responses import JSONResponse
+
+from service import metrics
+
+
+class ClientError(Exception):
+    """A request the service will not run. `field` names the part of the request at fault,
+    `reason` is a short stable code (also the label of the rejected-inputs counter)."""
+
+    def __init__(self, field: str, problem: str, reason: str = "invalid", status: int = 400):
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem, self.reason, self.status = field, problem, reason, status
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            {"error": self.reason, "detail": f"{self.field}: {self.problem}", "field": self.field},
+            status_code=self.status,
+        )
+
+
+def answers_client_errors(endpoint: str, model: str | None = None):
+    """Turn a ClientError raised by an API method into its JSON response, and count it under
+    the endpoint's model (or the one its `model` argument names) and that model's version."""
+
+    def decorate(func):
+        @functools.wraps(func)
+        async def wrapper(self, *args, **kwargs):
+            try:
+                return await func(self, *args, **kwargs)
+            except ClientError as e:
+                name = model or kwargs.get("model") or "cnn"
+                metrics.REJECTED.labels(endpoint=endpoint, model=name, version=self.models[name].version, reason=e.reason).inc()
+                return e.response()
+
+        wrapper.__signature__ = inspect.signature(func)
+        return wrapper
+
+    return decorate

@@ -1,0 +1,275 @@
+"""One BentoML service for every stored model, run with ONNX Runtime.
+
+Public endpoints validate and preprocess a request, then call a batchable `infer_*` method
+through the service's own proxy, so rows from concurrent requests run as one ONNX Runtime
+batch (BentoML adaptive batching). The `infer_*` methods are also public tensor endpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+import bentoml  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from bentoml.validators import DType, Shape  # noqa: E402
+from pydantic import Field  # noqa: E402
+from starlette.applications import Starlette  # noqa: E402
+from starlette.requests import Request  # noqa: E402
+from starlette.responses import JSONResponse, Response  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+
+from modelspec.text import encode_batch  # noqa: E402
+from service import images, inputs, metrics  # noqa: E402
+from service.errors import ClientError, answers_client_errors  # noqa: E402
+from service.runtime import LoadedModel, ModelLoadError  # noqa: E402
+
+WORKERS = int(os.environ.get("MODELSERVE_WORKERS", 1))
+ORT_THREADS = int(os.environ.get("MODELSERVE_ORT_THREADS", 1))
+MAX_BATCH = int(os.environ.get("MODELSERVE_MAX_BATCH", 64))
+MAX_LATENCY_MS = int(os.environ.get("MODELSERVE_MAX_LATENCY_MS", 500))
+BATCHING = dict(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS)
+
+Classifier = Literal["cnn", "resnet", "resnet-int8"]
+ImageRows = Annotated[np.ndarray, Shape((-1, 1, 28, 28)), DType("float32")]
+Latent16 = Annotated[np.ndarray, Shape((-1, 16)), DType("float32")]
+Latent100 = Annotated[np.ndarray, Shape((-1, 100)), DType("float32")]
+OutputFormat = Literal["png", "base64", "array"]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+async def list_models(request: Request) -> JSONResponse:
+    service = bentoml.get_current_service()
+    return JSONResponse({"models": [loaded.describe() for loaded in service.models.values()]})
+
+
+async def one_model(request: Request) -> JSONResponse:
+    service = bentoml.get_current_service()
+    loaded = service.models.get(request.path_params["name"])
+    if loaded is None:
+        return ClientError("name", f"no model {request.path_params['name']!r}; see GET /models", "unknown_model", 404).response()
+    return JSONResponse(loaded.describe())
+
+
+# GET endpoints: every model with version, metrics, input/output spec, preprocessing, sha256.
+metadata_app = Starlette(routes=[Route("/models", list_models), Route("/models/{name}", one_model)])
+
+
+@bentoml.asgi_app(metadata_app, path="/")
+@bentoml.service(
+    name="modelserve",
+    workers=WORKERS,
+    traffic={"timeout": 30},
+    metrics={"enabled": True, "namespace": "bentoml_service"},
+)
+class ModelServe:
+    cnn_model = bentoml.models.BentoModel("cnn:latest")
+    resnet_model = bentoml.models.BentoModel("resnet:latest")
+    resnet_int8_model = bentoml.models.BentoModel("resnet-int8:latest")
+    sentiment_model = bentoml.models.BentoModel("sentiment:latest")
+    vae_model = bentoml.models.BentoModel("vae:latest")
+    gan_model = bentoml.models.BentoModel("gan:latest")
+
+    def __init__(self) -> None:
+        refs = {
+            "cnn": type(self).cnn_model,
+            "resnet": type(self).resnet_model,
+            "resnet-int8": type(self).resnet_int8_model,
+            "sentiment": type(self).sentiment_model,
+            "vae": type(self).vae_model,
+            "gan": type(self).gan_model,
+        }
+        self.models: dict[str, LoadedModel] = {}
+        for name, ref in refs.items():
+            stored = ref.stored
+            if stored is None:
+                raise ModelLoadError(f"model {name} is not in the store ({os.environ.get('BENTOML_HOME', '~/bentoml')}); run `make models`")
+            loaded = LoadedModel.load(name, stored.tag.version, stored.path, stored.info.metadata, ORT_THREADS)
+            self.models[name] = loaded
+            for filename, info in loaded.metadata["onnx_files"].items():
+                metrics.MODEL_INFO.labels(model=name, version=loaded.version, sha256=info["sha256"]).set(1)
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        return getattr(self, "ready", False)
+
+    def _run(self, name: str, filename: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One executed batch: ONNX Runtime time and rows are recorded per model and version."""
+        loaded = self.models[name]
+        started = time.perf_counter()
+        outputs = loaded.run(filename, feeds)
+        metrics.INFERENCE_SECONDS.labels(model=name, version=loaded.version).observe(time.perf_counter() - started)
+        metrics.BATCH_ROWS.labels(model=name, version=loaded.version).observe(len(next(iter(feeds.values()))))
+        return outputs
+
+    # Batchable tensor endpoints: one input argument, rows along axis 0.
+
+    @bentoml.api(route="/infer/cnn", **BATCHING)
+    def infer_cnn(self, images: ImageRows) -> np.ndarray:
+        """Logits [N, 10] of `cnn` for images [N, 1, 28, 28] in [0, 1]."""
+        return self._run("cnn", "model.onnx", {"image": images})[0]
+
+    @bentoml.api(route="/infer/resnet", **BATCHING)
+    def infer_resnet(self, images: ImageRows) -> np.ndarray:
+        """Logits [N, 10] of `resnet`."""
+        return self._run("resnet", "model.onnx", {"image": images})[0]
+
+    @bentoml.api(route="/infer/resnet-int8", **BATCHING)
+    def infer_resnet_int8(self, images: ImageRows) -> np.ndarray:
+        """Logits [N, 10] of `resnet-int8`."""
+        return self._run("resnet-int8", "model.onnx", {"image": images})[0]
+
+    @bentoml.api(route="/infer/sentiment", **BATCHING)
+    def infer_sentiment(self, texts: list[str]) -> list[list[float]]:
+        """Class probabilities [negative, positive] per text; the batch is right-padded to its
+        longest text, which the model ignores."""
+        loaded = self.models["sentiment"]
+        tokens, lengths = encode_batch(texts, loaded.vocab, loaded.spec.preprocessing)
+        (logits,) = self._run("sentiment", "model.onnx", {"tokens": tokens, "lengths": lengths})
+        return softmax(logits).tolist()
+
+    @bentoml.api(route="/infer/gan", **BATCHING)
+    def infer_gan(self, z: Latent100) -> np.ndarray:
+        """Images [N, 1, 28, 28] from latents [N, 100]."""
+        return self._run("gan", "model.onnx", {"z": z})[0]
+
+    @bentoml.api(route="/infer/vae-decoder", **BATCHING)
+    def infer_vae_decoder(self, z: Latent16) -> np.ndarray:
+        """Images [N, 1, 28, 28] from latents [N, 16]."""
+        return self._run("vae", "decoder.onnx", {"z": z})[0]
+
+    @bentoml.api(route="/infer/vae-encoder", **BATCHING)
+    def infer_vae_encoder(self, images: ImageRows) -> np.ndarray:
+        """[mu | logvar] as one [N, 32] array for images [N, 1, 28, 28]."""
+        mu, logvar = self._run("vae", "encoder.onnx", {"image": images})
+        return np.concatenate([mu, logvar], axis=1)
+
+    # Public endpoints.
+
+    async def _classify_rows(self, model: str, rows: np.ndarray, top_k: int) -> dict:
+        infer = {"cnn": self.to_async.infer_cnn, "resnet": self.to_async.infer_resnet, "resnet-int8": self.to_async.infer_resnet_int8}
+        probabilities = softmax(np.asarray(await infer[model](rows), dtype=np.float32))
+        loaded = self.models[model]
+        labels = loaded.spec.labels
+        predictions = []
+        for row in probabilities:
+            order = np.argsort(-row)[:top_k]
+            metrics.PREDICTIONS.labels(model=model, version=loaded.version, label=labels[order[0]]).inc()
+            predictions.append([{"label": labels[i], "probability": float(row[i])} for i in order])
+        return {"model": model, "version": loaded.version, "predictions": predictions}
+
+    @bentoml.api(route="/classify")
+    @answers_client_errors("classify")
+    async def classify(
+        self,
+        images: list = Field(description="Model-ready images: [N, 28, 28] or [N, 1, 28, 28], values in [0, 1], ink bright"),
+        model: Classifier = "cnn",
+        top_k: Annotated[int, Field(ge=1, le=10)] = 3,
+    ) -> dict:
+        """Digit classes of a JSON batch of 28x28 arrays, top_k labels with probabilities each."""
+        size = self.models[model].spec.preprocessing["size"]
+        return await self._classify_rows(model, inputs.array_batch(images, size), top_k)
+
+    @bentoml.api(route="/classify/image")
+    @answers_client_errors("classify_image")
+    async def classify_image(
+        self, image: Path, model: Classifier = "cnn", top_k: Annotated[int, Field(ge=1, le=10)] = 3
+    ) -> dict:
+        """Digit classes of one uploaded image (PNG, JPEG, ...; any size, colour or grey, either polarity)."""
+        rows = inputs.image_input(image.read_bytes(), self.models[model].spec.preprocessing)
+        answer = await self._classify_rows(model, rows, top_k)
+        return {**answer, **answer["predictions"][0][0]}
+
+    @bentoml.api(route="/sentiment")
+    @answers_client_errors("sentiment", model="sentiment")
+    async def sentiment(self, texts: list[str] = Field(description="Texts to classify (Chinese product reviews)")) -> dict:
+        """Sentiment label and probability per text."""
+        loaded = self.models["sentiment"]
+        probabilities = await self.to_async.infer_sentiment(inputs.texts(texts))
+        results = []
+        for row in probabilities:
+            best = int(np.argmax(row))
+            label = loaded.spec.labels[best]
+            metrics.PREDICTIONS.labels(model="sentiment", version=loaded.version, label=label).inc()
+            results.append({"label": label, "probability": row[best], "probabilities": dict(zip(loaded.spec.labels, row))})
+        return {"model": "sentiment", "version": loaded.version, "results": results}
+
+    async def _generated(self, name: str, decoder, latent_size: int, n: int, seed: int | None, output: str):
+        if seed is None:
+            seed = secrets.randbits(63)
+        rng = inputs.generation(n, seed)
+        z = rng.standard_normal((n, latent_size), dtype=np.float32)
+        pictures = np.asarray(await decoder(z), dtype=np.float32)
+        return images.answer(pictures, output, {"model": name, "version": self.models[name].version, "seed": seed})
+
+    @bentoml.api(route="/gan/generate")
+    @answers_client_errors("gan_generate", model="gan")
+    async def gan_generate(
+        self, n: int = 16, seed: int | None = None, format: OutputFormat = "png"
+    ) -> dict:
+        """`n` generated digits from `seed` (same seed, same images): a PNG grid, or JSON with
+        base64 PNGs or arrays. Without a seed, a random one is drawn and reported."""
+        return await self._generated("gan", self.to_async.infer_gan, 100, n, seed, format)
+
+    @bentoml.api(route="/vae/sample")
+    @answers_client_errors("vae_sample", model="vae")
+    async def vae_sample(self, n: int = 16, seed: int | None = None, format: OutputFormat = "png") -> dict:
+        """`n` digits decoded from the VAE's prior, like /gan/generate."""
+        return await self._generated("vae", self.to_async.infer_vae_decoder, 16, n, seed, format)
+
+    @bentoml.api(route="/vae/reconstruct")
+    @answers_client_errors("vae_reconstruct", model="vae")
+    async def vae_reconstruct(self, image: Path) -> dict:
+        """Encode and decode an uploaded digit. The reconstruction error (mean squared, per
+        pixel) is an anomaly score: `relative_error` compares it with the held-out digits'."""
+        loaded = self.models["vae"]
+        x = inputs.image_input(image.read_bytes(), loaded.spec.preprocessing)
+        mu = np.asarray(await self.to_async.infer_vae_encoder(x), dtype=np.float32)[:, :16]
+        reconstruction = np.asarray(await self.to_async.infer_vae_decoder(mu), dtype=np.float32)
+        error = float(np.mean((reconstruction - x) ** 2))
+        typical = loaded.metadata["metrics"].get("reconstruction_mse")
+        return {
+            "model": "vae",
+            "version": loaded.version,
+            "reconstruction_error": error,
+            "relative_error": error / typical if typical else None,
+            "latent": mu[0].tolist(),
+            "png": images.base64_png(images.strip(np.concatenate([x, reconstruction]))),
+        }
+
+    @bentoml.api(route="/vae/interpolate")
+    @answers_client_errors("vae_interpolate", model="vae")
+    async def vae_interpolate(
+        self, seed_a: int = 0, seed_b: int = 1, steps: Annotated[int, Field(ge=2, le=32)] = 8
+    ) -> Image.Image:
+        """A PNG strip decoded along the straight line between the latents of two seeds."""
+        za = inputs.generation(1, seed_a).standard_normal((1, 16), dtype=np.float32)
+        zb = inputs.generation(1, seed_b).standard_normal((1, 16), dtype=np.float32)
+        return await self._interpolate(za, zb, steps)
+
+    @bentoml.api(route="/vae/interpolate/images")
+    @answers_client_errors("vae_interpolate_images", model="vae")
+    async def vae_interpolate_images(
+        self, image_a: Path, image_b: Path, steps: Annotated[int, Field(ge=2, le=32)] = 8
+    ) -> Image.Image:
+        """A PNG strip from one uploaded digit to another, through the VAE's latent space."""
+        pre = self.models["vae"].spec.preprocessing
+        both = np.concatenate([inputs.image_input(image_a.read_bytes(), pre, "image_a"), inputs.image_input(image_b.read_bytes(), pre, "image_b")])
+        mu = np.asarray(await self.to_async.infer_vae_encoder(both), dtype=np.float32)[:, :16]
+        return await self._interpolate(mu[:1], mu[1:], steps)
+
+    async def _interpolate(self, za: np.ndarray, zb: np.ndarray, steps: int) -> Response:
+        t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+        pictures = np.asarray(await self.to_async.infer_vae_decoder((1 - t) * za + t * zb), dtype=np.float32)
+        return Response(images.png(images.strip(pictures)), media_type="image/png")
