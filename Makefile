@@ -3,11 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
+HOST ?= 127.0.0.1
+PORT ?= 3000
 
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup models verify test clean-store
+.PHONY: setup models verify serve test clean-store
 
 setup: $(VENV)/.installed
 
@@ -25,6 +27,11 @@ models: setup
 
 verify: setup
 	$(PY) -m export verify
+
+# Serve every stored model; trains them first if any is missing or fails its check.
+serve: setup
+	@$(PY) -m export verify >/dev/null 2>&1 || $(MAKE) models
+	$(VENV)/bin/bentoml serve service.service:ModelServe --host $(HOST) --port $(PORT)
 
 test: setup
 	$(PY) -m pytest -q
