@@ -14,7 +14,7 @@ from export import store
 from export.evaluate import evaluate, floor_failure
 from export.onnx_export import export_graph, verify_parity
 from export.recipe import Trained, TrainOptions
-from modelspec import ModelSpec
+from modelspec import SPECS, ModelSpec
 
 
 class FloorError(RuntimeError):
@@ -62,6 +62,7 @@ def run(name: str, options: TrainOptions, spec_override: ModelSpec | None = None
 
         return quantize_resnet(options, spec_override)
     started = time.perf_counter()
+    options = dataclasses.replace(options, judge_path=judge_path(spec_override or SPECS[name]))
     trained = recipes()[name](options)
     if spec_override is not None:
         trained.spec = dataclasses.replace(spec_override, preprocessing=trained.spec.preprocessing, labels=trained.spec.labels)

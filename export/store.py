@@ -7,7 +7,6 @@ last good version stays the latest.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import shutil
@@ -15,15 +14,9 @@ from importlib import metadata as package_metadata
 
 import bentoml
 
-from modelspec import OPSET, ModelSpec
+from modelspec import OPSET, ModelSpec, sha256_file
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def package_versions() -> dict[str, str]:

@@ -11,7 +11,7 @@ import math
 from export import store
 from export.evaluate import evaluate, floor_failure
 from export.pipeline import load_eval_arrays
-from modelspec import EXPORT_ORDER, ModelSpec
+from modelspec import EXPORT_ORDER, ModelSpec, sha256_file
 
 TOLERANCE = 1e-6
 
@@ -38,7 +38,7 @@ def check(name: str) -> list[str]:
     spec = ModelSpec.from_dict(md["spec"])
     problems = []
     for filename, expected in md["onnx_files"].items():
-        actual = store.sha256_file(model.path_of(filename))
+        actual = sha256_file(model.path_of(filename))
         if actual != expected["sha256"]:
             problems.append(f"{model.tag}: {filename} sha256 {actual} != stored {expected['sha256']}")
     if problems:

@@ -4,6 +4,7 @@ service (which reads it back from the store's metadata). Plain data: no torch, n
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,3 +244,12 @@ SPECS: dict[str, ModelSpec] = {
 
 # The order that satisfies dependencies: int8 quantizes resnet, the generators are judged by cnn.
 EXPORT_ORDER = ["cnn", "resnet", "resnet-int8", "sentiment", "vae", "gan"]
+
+
+def sha256_file(path: str) -> str:
+    """The checksum stored for every ONNX file, checked again before a model is served."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

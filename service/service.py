@@ -25,6 +25,7 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
+from modelspec import EXPORT_ORDER  # noqa: E402
 from modelspec.text import encode_batch  # noqa: E402
 from service import images, inputs, metrics  # noqa: E402
 from service.errors import ClientError, answers_client_errors  # noqa: E402
@@ -41,6 +42,22 @@ ImageRows = Annotated[np.ndarray, Shape((-1, 1, 28, 28)), DType("float32")]
 Latent16 = Annotated[np.ndarray, Shape((-1, 16)), DType("float32")]
 Latent100 = Annotated[np.ndarray, Shape((-1, 100)), DType("float32")]
 OutputFormat = Literal["png", "base64", "array"]
+
+
+def require_stored_models() -> None:
+    """Stop at start-up, naming the model and the fix, when a model is not in the store."""
+    missing = []
+    for name in EXPORT_ORDER:
+        try:
+            bentoml.models.get(f"{name}:latest")
+        except bentoml.exceptions.NotFound:
+            missing.append(name)
+    if missing:
+        store = os.environ.get("BENTOML_HOME", "~/bentoml")
+        raise ModelLoadError(f"not in the model store {store}: {', '.join(missing)}; run `make models` (or `python -m export {missing[0]}`)")
+
+
+require_stored_models()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -93,8 +110,6 @@ class ModelServe:
         self.models: dict[str, LoadedModel] = {}
         for name, ref in refs.items():
             stored = ref.stored
-            if stored is None:
-                raise ModelLoadError(f"model {name} is not in the store ({os.environ.get('BENTOML_HOME', '~/bentoml')}); run `make models`")
             loaded = LoadedModel.load(name, stored.tag.version, stored.path, stored.info.metadata, ORT_THREADS)
             self.models[name] = loaded
             for filename, info in loaded.metadata["onnx_files"].items():

@@ -21,7 +21,7 @@ from export import pipeline, store, verify
 from export.onnx_export import ExportError, check_graph, export_graph, random_inputs, verify_parity
 from export.recipe import TrainOptions
 from conftest import any_quality
-from modelspec import OPSET, SPECS, ModelSpec
+from modelspec import OPSET, SPECS, ModelSpec, sha256_file
 from models.cnn import DigitCNN
 from models.resnet import SmallResNet
 
@@ -94,7 +94,7 @@ def test_stored_model_carries_everything_to_recheck_it(stored_cnn):
     assert spec.graphs[0].inputs[0].to_dict() == {"name": "image", "dtype": "float32", "shape": [-1, 1, 28, 28], "kind": "image01"}
     assert spec.preprocessing["source_size"] == [8, 8] and spec.preprocessing["polarity"] == "light_on_dark"
     assert md["opset"] == OPSET
-    assert md["onnx_files"]["model.onnx"]["sha256"] == store.sha256_file(model.path_of("model.onnx"))
+    assert md["onnx_files"]["model.onnx"]["sha256"] == sha256_file(model.path_of("model.onnx"))
     assert {"torch", "onnx", "onnxruntime", "bentoml"} <= set(md["versions"])
     dataset = md["dataset"]
     assert dataset["name"] == "sklearn-digits" and len(dataset["sha256"]) == 64 and dataset["split_seed"] == 0
