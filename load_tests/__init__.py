@@ -1,0 +1,1 @@
+"""Measures the service from outside: a server launcher, load generators, benchmarks."""
