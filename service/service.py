@@ -25,7 +25,7 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from modelspec import EXPORT_ORDER  # noqa: E402
+from modelspec import EXPORT_ORDER, GAN_LATENT, VAE_LATENT  # noqa: E402
 from modelspec.text import encode_batch  # noqa: E402
 from service import images, inputs, metrics  # noqa: E402
 from service.errors import ClientError, answers_client_errors  # noqa: E402
@@ -39,8 +39,8 @@ BATCHING = dict(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LAT
 
 Classifier = Literal["cnn", "resnet", "resnet-int8"]
 ImageRows = Annotated[np.ndarray, Shape((-1, 1, 28, 28)), DType("float32")]
-Latent16 = Annotated[np.ndarray, Shape((-1, 16)), DType("float32")]
-Latent100 = Annotated[np.ndarray, Shape((-1, 100)), DType("float32")]
+VAELatent = Annotated[np.ndarray, Shape((-1, VAE_LATENT)), DType("float32")]
+GANLatent = Annotated[np.ndarray, Shape((-1, GAN_LATENT)), DType("float32")]
 OutputFormat = Literal["png", "base64", "array"]
 
 
@@ -112,7 +112,7 @@ class ModelServe:
             stored = ref.stored
             loaded = LoadedModel.load(name, stored.tag.version, stored.path, stored.info.metadata, ORT_THREADS)
             self.models[name] = loaded
-            for filename, info in loaded.metadata["onnx_files"].items():
+            for info in loaded.metadata["onnx_files"].values():
                 metrics.MODEL_INFO.labels(model=name, version=loaded.version, sha256=info["sha256"]).set(1)
         self.ready = True
 
@@ -155,18 +155,18 @@ class ModelServe:
         return softmax(logits).tolist()
 
     @bentoml.api(route="/infer/gan", **BATCHING)
-    def infer_gan(self, z: Latent100) -> np.ndarray:
-        """Images [N, 1, 28, 28] from latents [N, 100]."""
+    def infer_gan(self, z: GANLatent) -> np.ndarray:
+        """Images [N, 1, 28, 28] from latents [N, GAN_LATENT]."""
         return self._run("gan", "model.onnx", {"z": z})[0]
 
     @bentoml.api(route="/infer/vae-decoder", **BATCHING)
-    def infer_vae_decoder(self, z: Latent16) -> np.ndarray:
-        """Images [N, 1, 28, 28] from latents [N, 16]."""
+    def infer_vae_decoder(self, z: VAELatent) -> np.ndarray:
+        """Images [N, 1, 28, 28] from latents [N, VAE_LATENT]."""
         return self._run("vae", "decoder.onnx", {"z": z})[0]
 
     @bentoml.api(route="/infer/vae-encoder", **BATCHING)
     def infer_vae_encoder(self, images: ImageRows) -> np.ndarray:
-        """[mu | logvar] as one [N, 32] array for images [N, 1, 28, 28]."""
+        """[mu | logvar] as one [N, 2 * VAE_LATENT] array for images [N, 1, 28, 28]."""
         mu, logvar = self._run("vae", "encoder.onnx", {"image": images})
         return np.concatenate([mu, logvar], axis=1)
 
@@ -235,13 +235,13 @@ class ModelServe:
     ) -> dict:
         """`n` generated digits from `seed` (same seed, same images): a PNG grid, or JSON with
         base64 PNGs or arrays. Without a seed, a random one is drawn and reported."""
-        return await self._generated("gan", self.to_async.infer_gan, 100, n, seed, format)
+        return await self._generated("gan", self.to_async.infer_gan, GAN_LATENT, n, seed, format)
 
     @bentoml.api(route="/vae/sample")
     @answers_client_errors("vae_sample", model="vae")
     async def vae_sample(self, n: int = 16, seed: int | None = None, format: OutputFormat = "png") -> dict:
         """`n` digits decoded from the VAE's prior, like /gan/generate."""
-        return await self._generated("vae", self.to_async.infer_vae_decoder, 16, n, seed, format)
+        return await self._generated("vae", self.to_async.infer_vae_decoder, VAE_LATENT, n, seed, format)
 
     @bentoml.api(route="/vae/reconstruct")
     @answers_client_errors("vae_reconstruct", model="vae")
@@ -250,7 +250,7 @@ class ModelServe:
         pixel) is an anomaly score: `relative_error` compares it with the held-out digits'."""
         loaded = self.models["vae"]
         x = inputs.image_input(image.read_bytes(), loaded.spec.preprocessing)
-        mu = np.asarray(await self.to_async.infer_vae_encoder(x), dtype=np.float32)[:, :16]
+        mu = np.asarray(await self.to_async.infer_vae_encoder(x), dtype=np.float32)[:, :VAE_LATENT]
         reconstruction = np.asarray(await self.to_async.infer_vae_decoder(mu), dtype=np.float32)
         error = float(np.mean((reconstruction - x) ** 2))
         typical = loaded.metadata["metrics"].get("reconstruction_mse")
@@ -269,8 +269,8 @@ class ModelServe:
         self, seed_a: int = 0, seed_b: int = 1, steps: Annotated[int, Field(ge=2, le=32)] = 8
     ) -> Image.Image:
         """A PNG strip decoded along the straight line between the latents of two seeds."""
-        za = inputs.generation(1, seed_a).standard_normal((1, 16), dtype=np.float32)
-        zb = inputs.generation(1, seed_b).standard_normal((1, 16), dtype=np.float32)
+        za = inputs.generation(1, seed_a).standard_normal((1, VAE_LATENT), dtype=np.float32)
+        zb = inputs.generation(1, seed_b).standard_normal((1, VAE_LATENT), dtype=np.float32)
         return await self._interpolate(za, zb, steps)
 
     @bentoml.api(route="/vae/interpolate/images")
@@ -281,7 +281,7 @@ class ModelServe:
         """A PNG strip from one uploaded digit to another, through the VAE's latent space."""
         pre = self.models["vae"].spec.preprocessing
         both = np.concatenate([inputs.image_input(image_a.read_bytes(), pre, "image_a"), inputs.image_input(image_b.read_bytes(), pre, "image_b")])
-        mu = np.asarray(await self.to_async.infer_vae_encoder(both), dtype=np.float32)[:, :16]
+        mu = np.asarray(await self.to_async.infer_vae_encoder(both), dtype=np.float32)[:, :VAE_LATENT]
         return await self._interpolate(mu[:1], mu[1:], steps)
 
     async def _interpolate(self, za: np.ndarray, zb: np.ndarray, steps: int) -> Response:
