@@ -189,7 +189,7 @@ SPECS: dict[str, ModelSpec] = {
         name="sentiment",
         task="sentiment-classification",
         input_kind="text",
-        description="Character embedding + bidirectional LSTM sentiment classifier (Chinese reviews).",
+        description="Character embedding + bidirectional LSTM, beside a hashed character 1-3-gram bag, sentiment classifier (Chinese reviews).",
         graphs=(
             GraphSpec(
                 "model.onnx",
