@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
+import aiohttp  # noqa: E402
 import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -58,6 +59,21 @@ def require_stored_models() -> None:
 
 
 require_stored_models()
+
+
+SELF_CALL_ATTEMPTS = 3
+
+
+async def call_batched(method, value):
+    """Call one of the service's own batchable methods through its proxy (so the call joins an
+    adaptive batch). The proxy's in-process transport occasionally drops a connection under
+    concurrent load; these calls are pure functions of their input, so a dropped one is retried."""
+    for attempt in range(1, SELF_CALL_ATTEMPTS + 1):
+        try:
+            return await method(value)
+        except aiohttp.ClientError:
+            if attempt == SELF_CALL_ATTEMPTS:
+                raise
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -174,7 +190,7 @@ class ModelServe:
 
     async def _classify_rows(self, model: str, rows: np.ndarray, top_k: int) -> dict:
         infer = {"cnn": self.to_async.infer_cnn, "resnet": self.to_async.infer_resnet, "resnet-int8": self.to_async.infer_resnet_int8}
-        probabilities = softmax(np.asarray(await infer[model](rows), dtype=np.float32))
+        probabilities = softmax(np.asarray(await call_batched(infer[model], rows), dtype=np.float32))
         loaded = self.models[model]
         labels = loaded.spec.labels
         predictions = []
@@ -211,7 +227,7 @@ class ModelServe:
     async def sentiment(self, texts: list[str] = Field(description="Texts to classify (Chinese product reviews)")) -> dict:
         """Sentiment label and probability per text."""
         loaded = self.models["sentiment"]
-        probabilities = await self.to_async.infer_sentiment(inputs.texts(texts))
+        probabilities = await call_batched(self.to_async.infer_sentiment, inputs.texts(texts))
         results = []
         for row in probabilities:
             best = int(np.argmax(row))
@@ -225,7 +241,7 @@ class ModelServe:
             seed = secrets.randbits(63)
         rng = inputs.generation(n, seed)
         z = rng.standard_normal((n, latent_size), dtype=np.float32)
-        pictures = np.asarray(await decoder(z), dtype=np.float32)
+        pictures = np.asarray(await call_batched(decoder, z), dtype=np.float32)
         return images.answer(pictures, output, {"model": name, "version": self.models[name].version, "seed": seed})
 
     @bentoml.api(route="/gan/generate")
@@ -250,8 +266,8 @@ class ModelServe:
         pixel) is an anomaly score: `relative_error` compares it with the held-out digits'."""
         loaded = self.models["vae"]
         x = inputs.image_input(image.read_bytes(), loaded.spec.preprocessing)
-        mu = np.asarray(await self.to_async.infer_vae_encoder(x), dtype=np.float32)[:, :VAE_LATENT]
-        reconstruction = np.asarray(await self.to_async.infer_vae_decoder(mu), dtype=np.float32)
+        mu = np.asarray(await call_batched(self.to_async.infer_vae_encoder, x), dtype=np.float32)[:, :VAE_LATENT]
+        reconstruction = np.asarray(await call_batched(self.to_async.infer_vae_decoder, mu), dtype=np.float32)
         error = float(np.mean((reconstruction - x) ** 2))
         typical = loaded.metadata["metrics"].get("reconstruction_mse")
         return {
@@ -281,10 +297,10 @@ class ModelServe:
         """A PNG strip from one uploaded digit to another, through the VAE's latent space."""
         pre = self.models["vae"].spec.preprocessing
         both = np.concatenate([inputs.image_input(image_a.read_bytes(), pre, "image_a"), inputs.image_input(image_b.read_bytes(), pre, "image_b")])
-        mu = np.asarray(await self.to_async.infer_vae_encoder(both), dtype=np.float32)[:, :VAE_LATENT]
+        mu = np.asarray(await call_batched(self.to_async.infer_vae_encoder, both), dtype=np.float32)[:, :VAE_LATENT]
         return await self._interpolate(mu[:1], mu[1:], steps)
 
     async def _interpolate(self, za: np.ndarray, zb: np.ndarray, steps: int) -> Response:
         t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
-        pictures = np.asarray(await self.to_async.infer_vae_decoder((1 - t) * za + t * zb), dtype=np.float32)
+        pictures = np.asarray(await call_batched(self.to_async.infer_vae_decoder, (1 - t) * za + t * zb), dtype=np.float32)
         return Response(images.png(images.strip(pictures)), media_type="image/png")
