@@ -8,6 +8,7 @@ problem when the data is bad.
 from __future__ import annotations
 
 import gzip
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -18,7 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from modelspec.image import grey_pixels, light_on_dark
+from modelspec import ModelSpec
+from modelspec.image import content_margin, grey_pixels, light_on_dark, resize_batch
+
+
+TEST_FRACTION = 0.2
 
 
 class DataError(ValueError):
@@ -329,3 +334,31 @@ def load_labelled_text_file(path: str) -> TextDataset:
     if emptied:
         raise DataError(f"{path}: label {emptied[0]!r} has no texts left once texts under two labels are dropped")
     return dataset
+
+
+def prepare_images(spec: ModelSpec, source: str | None, seed: int) -> tuple[ModelSpec, ImageDataset, np.ndarray, np.ndarray, np.ndarray]:
+    """Load, resize to the spec's size, split. Returns (completed spec, dataset, x, train idx, test idx)."""
+    dataset = load_image_dataset(source or "digits")
+    pre = spec.preprocessing
+    x = resize_batch(dataset.images, pre["size"], pre["resample"])
+    train_idx, test_idx = stratified_split(dataset.labels, TEST_FRACTION, seed)
+    spec = dataclasses.replace(
+        spec,
+        labels=tuple(dataset.classes),
+        preprocessing={
+            **pre,
+            "source_size": list(dataset.images.shape[1:]),
+            "content_margin": content_margin(dataset.images[train_idx]),
+        },
+    )
+    return spec, dataset, x, train_idx, test_idx
+
+
+def dataset_record(dataset, train_idx: np.ndarray, test_idx: np.ndarray, seed: int) -> dict:
+    return {
+        "name": dataset.name,
+        "sha256": dataset.sha256,
+        "sizes": {"total": len(dataset.labels), "train": len(train_idx), "test": len(test_idx)},
+        "split_seed": seed,
+        "test_fraction": TEST_FRACTION,
+    }

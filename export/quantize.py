@@ -20,10 +20,10 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from export import store
+from export.data import prepare_images
 from export.evaluate import evaluate, floor_failure
 from export.pipeline import FloorError, Result, finish, load_eval_arrays
 from export.recipe import TrainOptions
-from export.train_classifiers import prepare_images
 from modelspec import SPECS, ModelSpec
 
 CALIBRATION_IMAGES = {"smoke": 64, "quick": 512, "full": 1024}
@@ -74,7 +74,7 @@ def quantize_resnet(options: TrainOptions, spec_override: ModelSpec | None = Non
     fp32_spec = ModelSpec.from_dict(fp32.info.metadata["spec"])
     base = spec_override or SPECS["resnet-int8"]
     spec = dataclasses.replace(base, labels=fp32_spec.labels, preprocessing=fp32_spec.preprocessing)
-    _, dataset, x, train_idx, _ = prepare_images(SPECS["resnet"], options)
+    _, dataset, x, train_idx, _ = prepare_images(SPECS["resnet"], options.dataset, options.seed)
     if dataset.sha256 != fp32.info.metadata["dataset"]["sha256"]:
         raise FloorError(
             f"resnet-int8: the stored resnet ({fp32.tag}) was trained on {fp32.info.metadata['dataset']['name']}, "

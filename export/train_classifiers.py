@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -13,14 +12,12 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from export.data import ImageDataset, load_image_dataset, stratified_split
+from export.data import dataset_record, prepare_images
 from export.recipe import Trained, TrainOptions, seed_everything, torch_threads
-from modelspec import SPECS, ModelSpec
-from modelspec.image import content_margin, resize_batch
+from modelspec import SPECS
 from models.cnn import DigitCNN
 from models.resnet import SmallResNet
 
-TEST_FRACTION = 0.2
 EPOCHS = {"smoke": 1, "quick": 30, "full": 80}
 BATCH_SIZE = 64
 
@@ -37,34 +34,6 @@ def random_affine(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
 
 
-def prepare_images(spec: ModelSpec, options: TrainOptions) -> tuple[ModelSpec, ImageDataset, np.ndarray, np.ndarray, np.ndarray]:
-    """Load, resize to the spec's size, split. Returns (completed spec, dataset, x, train idx, test idx)."""
-    dataset = load_image_dataset(options.dataset or "digits")
-    pre = spec.preprocessing
-    x = resize_batch(dataset.images, pre["size"], pre["resample"])
-    train_idx, test_idx = stratified_split(dataset.labels, TEST_FRACTION, options.seed)
-    spec = dataclasses.replace(
-        spec,
-        labels=tuple(dataset.classes),
-        preprocessing={
-            **pre,
-            "source_size": list(dataset.images.shape[1:]),
-            "content_margin": content_margin(dataset.images[train_idx]),
-        },
-    )
-    return spec, dataset, x, train_idx, test_idx
-
-
-def dataset_record(dataset, train_idx: np.ndarray, test_idx: np.ndarray, seed: int) -> dict:
-    return {
-        "name": dataset.name,
-        "sha256": dataset.sha256,
-        "sizes": {"total": len(dataset.labels), "train": len(train_idx), "test": len(test_idx)},
-        "split_seed": seed,
-        "test_fraction": TEST_FRACTION,
-    }
-
-
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
     with torch.no_grad():
@@ -75,7 +44,7 @@ def train_classifier(name: str, make_model: Callable[[], nn.Module], options: Tr
     torch.set_num_threads(torch_threads())
     generator = seed_everything(options.seed)
     model = make_model()
-    spec, dataset, x, train_idx, test_idx = prepare_images(SPECS[name], options)
+    spec, dataset, x, train_idx, test_idx = prepare_images(SPECS[name], options.dataset, options.seed)
     if options.profile == "smoke":
         train_idx = train_idx[:256]
     x_train, y_train = torch.from_numpy(x[train_idx]), torch.from_numpy(dataset.labels[train_idx])

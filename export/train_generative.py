@@ -16,13 +16,11 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 import modelspec
-from export.data import load_image_dataset, stratified_split
+from export.data import dataset_record, prepare_images
 from export.recipe import Trained, TrainOptions, seed_everything, torch_threads
-from modelspec.image import resize_batch
 from models.gan import Discriminator, Generator
 from models.vae import VAEDecoder, VAEEncoder
 
-TEST_FRACTION = 0.2
 EVAL_SAMPLES = 1000
 SMOKE_TRAIN_IMAGES = 256  # smoke only proves the recipe runs end to end
 GRID_SAMPLES = 64
@@ -43,21 +41,10 @@ class Digits:
 
 
 def load_digits_28(spec: modelspec.ModelSpec, options: TrainOptions) -> Digits:
-    data = load_image_dataset(options.dataset or "digits")
-    images = resize_batch(data.images, spec.preprocessing["size"], spec.preprocessing["resample"])
-    train, test = stratified_split(data.labels, TEST_FRACTION, seed=options.seed)
+    spec, data, images, train, test = prepare_images(spec, options.dataset, options.seed)
     if options.profile == "smoke":
         train = train[:SMOKE_TRAIN_IMAGES]
-    spec = dataclasses.replace(
-        spec, preprocessing={**spec.preprocessing, "source_size": list(data.images.shape[1:])}
-    )
-    dataset = {
-        "name": data.name,
-        "sha256": data.sha256,
-        "sizes": {"train": len(train), "test": len(test)},
-        "split_seed": options.seed,
-    }
-    return Digits(spec, torch.from_numpy(images), train, test, dataset)
+    return Digits(spec, torch.from_numpy(images), train, test, dataset_record(data, train, test, options.seed))
 
 
 def prior_samples(latent: int, seed: int) -> np.ndarray:

