@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 
 from export import store  # noqa: E402
 from modelspec import EXPORT_ORDER  # noqa: E402
+from modelspec.image import grid  # noqa: E402
 
 
 def reports_dir() -> str:
@@ -35,19 +36,8 @@ def training_figures(name: str, history: dict[str, list[float]], samples: np.nda
         plt.close(fig)
     if samples is not None:
         written.append(os.path.join(reports_dir(), f"{name}-samples.png"))
-        plt.imsave(written[-1], image_grid(samples), cmap="gray", vmin=0, vmax=1)
+        plt.imsave(written[-1], grid(samples), cmap="gray", vmin=0, vmax=1)
     return written
-
-
-def image_grid(images: np.ndarray, columns: int = 8, gap: int = 2) -> np.ndarray:
-    """[N, 1, H, W] -> one [rows*(H+gap), columns*(W+gap)] picture."""
-    n, _, h, w = images.shape
-    rows = -(-n // columns)
-    grid = np.zeros((rows * (h + gap), columns * (w + gap)), dtype=np.float32)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        grid[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = image[0]
-    return grid
 
 
 def headline(metrics: dict) -> str:

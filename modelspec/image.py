@@ -98,3 +98,18 @@ def frame_like_training(pixels: np.ndarray, preprocessing: dict) -> np.ndarray:
     if small.max() > 0:
         small = small / small.max()
     return resize_batch(small[None], preprocessing["size"], preprocessing.get("resample", "bilinear"))
+
+
+GRID_GAP = 2
+
+
+def grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
+    """[N, 1, H, W] -> one picture, `columns` images a row, GRID_GAP pixels apart."""
+    n, _, h, w = images.shape
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    out = np.zeros((rows * (h + GRID_GAP) - GRID_GAP, columns * (w + GRID_GAP) - GRID_GAP), dtype=np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        out[r * (h + GRID_GAP) : r * (h + GRID_GAP) + h, c * (w + GRID_GAP) : c * (w + GRID_GAP) + w] = image[0]
+    return out

@@ -9,8 +9,7 @@ import numpy as np
 from PIL import Image
 from starlette.responses import Response
 
-GAP = 2
-
+from modelspec.image import grid
 
 def png(pixels: np.ndarray) -> bytes:
     """[H, W] in [0, 1] -> 8-bit grey PNG. Deterministic: same pixels, same bytes."""
@@ -21,18 +20,6 @@ def png(pixels: np.ndarray) -> bytes:
 
 def base64_png(pixels: np.ndarray) -> str:
     return base64.b64encode(png(pixels)).decode("ascii")
-
-
-def grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
-    """[N, 1, H, W] -> one picture, `columns` images a row, GAP pixels apart."""
-    n, _, h, w = images.shape
-    columns = min(columns, n)
-    rows = -(-n // columns)
-    out = np.zeros((rows * (h + GAP) - GAP, columns * (w + GAP) - GAP), dtype=np.float32)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        out[r * (h + GAP) : r * (h + GAP) + h, c * (w + GAP) : c * (w + GAP) + w] = image[0]
-    return out
 
 
 def strip(images: np.ndarray) -> np.ndarray:
