@@ -1,8 +1,8 @@
 """One BentoML service for every stored model, run with ONNX Runtime.
 
-Public endpoints validate and preprocess a request, then call a batchable `infer_*` method
-through the service's own proxy, so rows from concurrent requests run as one ONNX Runtime
-batch (BentoML adaptive batching). The `infer_*` methods are also public tensor endpoints.
+Each graph has a `Batcher` (service/batching.py): public endpoints validate and preprocess a
+request, then await their model's batcher, so rows from concurrent requests run as one ONNX
+Runtime batch. The `/infer/*` endpoints take model-ready tensors through the same batchers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Annotated, Literal
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
-import aiohttp  # noqa: E402
 import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -29,14 +28,14 @@ from starlette.routing import Route  # noqa: E402
 from modelspec import EXPORT_ORDER, GAN_LATENT, VAE_LATENT  # noqa: E402
 from modelspec.text import encode_batch  # noqa: E402
 from service import images, inputs, metrics  # noqa: E402
+from service.batching import Batcher, chain  # noqa: E402
 from service.errors import ClientError, answers_client_errors  # noqa: E402
 from service.runtime import LoadedModel, ModelLoadError  # noqa: E402
 
 WORKERS = int(os.environ.get("MODELSERVE_WORKERS", 1))
 ORT_THREADS = int(os.environ.get("MODELSERVE_ORT_THREADS", 1))
 MAX_BATCH = int(os.environ.get("MODELSERVE_MAX_BATCH", 64))
-MAX_LATENCY_MS = int(os.environ.get("MODELSERVE_MAX_LATENCY_MS", 500))
-BATCHING = dict(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS)
+BATCH_WAIT_MS = float(os.environ.get("MODELSERVE_BATCH_WAIT_MS", 0))
 
 Classifier = Literal["cnn", "resnet", "resnet-int8"]
 ImageRows = Annotated[np.ndarray, Shape((-1, 1, 28, 28)), DType("float32")]
@@ -59,21 +58,6 @@ def require_stored_models() -> None:
 
 
 require_stored_models()
-
-
-SELF_CALL_ATTEMPTS = 3
-
-
-async def call_batched(method, value):
-    """Call one of the service's own batchable methods through its proxy (so the call joins an
-    adaptive batch). The proxy's in-process transport occasionally drops a connection under
-    concurrent load; these calls are pure functions of their input, so a dropped one is retried."""
-    for attempt in range(1, SELF_CALL_ATTEMPTS + 1):
-        try:
-            return await method(value)
-        except aiohttp.ClientError:
-            if attempt == SELF_CALL_ATTEMPTS:
-                raise
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -104,6 +88,7 @@ metadata_app = Starlette(routes=[Route("/models", list_models), Route("/models/{
     name="modelserve",
     workers=WORKERS,
     traffic={"timeout": 30},
+    logging={"access": {"enabled": os.environ.get("MODELSERVE_ACCESS_LOG", "true") == "true"}},
     metrics={"enabled": True, "namespace": "bentoml_service"},
 )
 class ModelServe:
@@ -130,6 +115,7 @@ class ModelServe:
             self.models[name] = loaded
             for info in loaded.metadata["onnx_files"].values():
                 metrics.MODEL_INFO.labels(model=name, version=loaded.version, sha256=info["sha256"]).set(1)
+        self.batchers = self._batchers()
         self.ready = True
 
     def __is_ready__(self) -> bool:
@@ -144,53 +130,77 @@ class ModelServe:
         metrics.BATCH_ROWS.labels(model=name, version=loaded.version).observe(len(next(iter(feeds.values()))))
         return outputs
 
-    # Batchable tensor endpoints: one input argument, rows along axis 0.
+    def _batchers(self) -> dict[str, Batcher]:
+        """One batcher per graph, named like its /infer/ route."""
 
-    @bentoml.api(route="/infer/cnn", **BATCHING)
-    def infer_cnn(self, images: ImageRows) -> np.ndarray:
+        def tensor(name: str, filename: str, input_name: str):
+            # Graphs with several outputs (the VAE encoder's mu and logvar) answer them side by side.
+            return lambda rows: np.concatenate(self._run(name, filename, {input_name: rows}), axis=1)
+
+        def sentiment(texts: list[str]) -> np.ndarray:
+            loaded = self.models["sentiment"]
+            tokens, lengths = encode_batch(texts, loaded.vocab, loaded.spec.preprocessing)
+            return softmax(self._run("sentiment", "model.onnx", {"tokens": tokens, "lengths": lengths})[0])
+
+        runs = {
+            "cnn": tensor("cnn", "model.onnx", "image"),
+            "resnet": tensor("resnet", "model.onnx", "image"),
+            "resnet-int8": tensor("resnet-int8", "model.onnx", "image"),
+            "gan": tensor("gan", "model.onnx", "z"),
+            "vae-decoder": tensor("vae", "decoder.onnx", "z"),
+            "vae-encoder": tensor("vae", "encoder.onnx", "image"),
+        }
+        batchers = {key: Batcher(key, run, MAX_BATCH, BATCH_WAIT_MS) for key, run in runs.items()}
+        batchers["sentiment"] = Batcher("sentiment", sentiment, MAX_BATCH, BATCH_WAIT_MS, join=chain)
+        return batchers
+
+    # Tensor endpoints: model-ready rows in, raw outputs out, through the same batchers.
+
+    @bentoml.api(route="/infer/cnn")
+    async def infer_cnn(self, images: ImageRows) -> np.ndarray:
         """Logits [N, 10] of `cnn` for images [N, 1, 28, 28] in [0, 1]."""
-        return self._run("cnn", "model.onnx", {"image": images})[0]
+        return JSONResponse((await self.batchers["cnn"](images)).tolist())
 
-    @bentoml.api(route="/infer/resnet", **BATCHING)
-    def infer_resnet(self, images: ImageRows) -> np.ndarray:
+    @bentoml.api(route="/infer/resnet")
+    async def infer_resnet(self, images: ImageRows) -> np.ndarray:
         """Logits [N, 10] of `resnet`."""
-        return self._run("resnet", "model.onnx", {"image": images})[0]
+        return JSONResponse((await self.batchers["resnet"](images)).tolist())
 
-    @bentoml.api(route="/infer/resnet-int8", **BATCHING)
-    def infer_resnet_int8(self, images: ImageRows) -> np.ndarray:
+    @bentoml.api(route="/infer/resnet-int8")
+    async def infer_resnet_int8(self, images: ImageRows) -> np.ndarray:
         """Logits [N, 10] of `resnet-int8`."""
-        return self._run("resnet-int8", "model.onnx", {"image": images})[0]
+        return JSONResponse((await self.batchers["resnet-int8"](images)).tolist())
 
-    @bentoml.api(route="/infer/sentiment", **BATCHING)
-    def infer_sentiment(self, texts: list[str]) -> list[list[float]]:
-        """Class probabilities [negative, positive] per text; the batch is right-padded to its
+    @bentoml.api(route="/infer/sentiment")
+    async def infer_sentiment(self, texts: list[str]) -> list[list[float]]:
+        """Class probabilities [negative, positive] per text; a batch is right-padded to its
         longest text, which the model ignores."""
-        loaded = self.models["sentiment"]
-        tokens, lengths = encode_batch(texts, loaded.vocab, loaded.spec.preprocessing)
-        (logits,) = self._run("sentiment", "model.onnx", {"tokens": tokens, "lengths": lengths})
-        return softmax(logits).tolist()
+        return JSONResponse((await self.batchers["sentiment"](texts)).tolist())
 
-    @bentoml.api(route="/infer/gan", **BATCHING)
-    def infer_gan(self, z: GANLatent) -> np.ndarray:
+    @bentoml.api(route="/infer/gan")
+    async def infer_gan(self, z: GANLatent) -> np.ndarray:
         """Images [N, 1, 28, 28] from latents [N, GAN_LATENT]."""
-        return self._run("gan", "model.onnx", {"z": z})[0]
+        return JSONResponse((await self.batchers["gan"](z)).tolist())
 
-    @bentoml.api(route="/infer/vae-decoder", **BATCHING)
-    def infer_vae_decoder(self, z: VAELatent) -> np.ndarray:
+    @bentoml.api(route="/infer/vae-decoder")
+    async def infer_vae_decoder(self, z: VAELatent) -> np.ndarray:
         """Images [N, 1, 28, 28] from latents [N, VAE_LATENT]."""
-        return self._run("vae", "decoder.onnx", {"z": z})[0]
+        return JSONResponse((await self.batchers["vae-decoder"](z)).tolist())
 
-    @bentoml.api(route="/infer/vae-encoder", **BATCHING)
-    def infer_vae_encoder(self, images: ImageRows) -> np.ndarray:
+    @bentoml.api(route="/infer/vae-encoder")
+    async def infer_vae_encoder(self, images: ImageRows) -> np.ndarray:
         """[mu | logvar] as one [N, 2 * VAE_LATENT] array for images [N, 1, 28, 28]."""
-        mu, logvar = self._run("vae", "encoder.onnx", {"image": images})
-        return np.concatenate([mu, logvar], axis=1)
+        return JSONResponse((await self.batchers["vae-encoder"](images)).tolist())
+
+    @bentoml.api(route="/noop")
+    async def noop(self, images: list = Field(description="Anything; nothing is run"), model: str = "cnn", top_k: int = 3) -> dict:
+        """Takes a /classify body and runs nothing: the HTTP ceiling the benchmark measures against."""
+        return JSONResponse({"ok": True})
 
     # Public endpoints.
 
     async def _classify_rows(self, model: str, rows: np.ndarray, top_k: int) -> dict:
-        infer = {"cnn": self.to_async.infer_cnn, "resnet": self.to_async.infer_resnet, "resnet-int8": self.to_async.infer_resnet_int8}
-        probabilities = softmax(np.asarray(await call_batched(infer[model], rows), dtype=np.float32))
+        probabilities = softmax(await self.batchers[model](rows))
         loaded = self.models[model]
         labels = loaded.spec.labels
         predictions = []
@@ -210,7 +220,7 @@ class ModelServe:
     ) -> dict:
         """Digit classes of a JSON batch of 28x28 arrays, top_k labels with probabilities each."""
         size = self.models[model].spec.preprocessing["size"]
-        return await self._classify_rows(model, inputs.array_batch(images, size), top_k)
+        return JSONResponse(await self._classify_rows(model, inputs.array_batch(images, size), top_k))
 
     @bentoml.api(route="/classify/image")
     @answers_client_errors("classify_image")
@@ -220,28 +230,28 @@ class ModelServe:
         """Digit classes of one uploaded image (PNG, JPEG, ...; any size, colour or grey, either polarity)."""
         rows = inputs.image_input(image.read_bytes(), self.models[model].spec.preprocessing)
         answer = await self._classify_rows(model, rows, top_k)
-        return {**answer, **answer["predictions"][0][0]}
+        return JSONResponse({**answer, **answer["predictions"][0][0]})
 
     @bentoml.api(route="/sentiment")
     @answers_client_errors("sentiment", model="sentiment")
     async def sentiment(self, texts: list[str] = Field(description="Texts to classify (Chinese product reviews)")) -> dict:
         """Sentiment label and probability per text."""
         loaded = self.models["sentiment"]
-        probabilities = await call_batched(self.to_async.infer_sentiment, inputs.texts(texts))
+        probabilities = (await self.batchers["sentiment"](inputs.texts(texts))).tolist()
         results = []
         for row in probabilities:
             best = int(np.argmax(row))
             label = loaded.spec.labels[best]
             metrics.PREDICTIONS.labels(model="sentiment", version=loaded.version, label=label).inc()
             results.append({"label": label, "probability": row[best], "probabilities": dict(zip(loaded.spec.labels, row))})
-        return {"model": "sentiment", "version": loaded.version, "results": results}
+        return JSONResponse({"model": "sentiment", "version": loaded.version, "results": results})
 
-    async def _generated(self, name: str, decoder, latent_size: int, n: int, seed: int | None, output: str):
+    async def _generated(self, name: str, decoder: str, latent_size: int, n: int, seed: int | None, output: str):
         if seed is None:
             seed = secrets.randbits(63)
         rng = inputs.generation(n, seed)
         z = rng.standard_normal((n, latent_size), dtype=np.float32)
-        pictures = np.asarray(await call_batched(decoder, z), dtype=np.float32)
+        pictures = await self.batchers[decoder](z)
         return images.answer(pictures, output, {"model": name, "version": self.models[name].version, "seed": seed})
 
     @bentoml.api(route="/gan/generate")
@@ -251,13 +261,13 @@ class ModelServe:
     ) -> dict:
         """`n` generated digits from `seed` (same seed, same images): a PNG grid, or JSON with
         base64 PNGs or arrays. Without a seed, a random one is drawn and reported."""
-        return await self._generated("gan", self.to_async.infer_gan, GAN_LATENT, n, seed, format)
+        return await self._generated("gan", "gan", GAN_LATENT, n, seed, format)
 
     @bentoml.api(route="/vae/sample")
     @answers_client_errors("vae_sample", model="vae")
     async def vae_sample(self, n: int = 16, seed: int | None = None, format: OutputFormat = "png") -> dict:
         """`n` digits decoded from the VAE's prior, like /gan/generate."""
-        return await self._generated("vae", self.to_async.infer_vae_decoder, VAE_LATENT, n, seed, format)
+        return await self._generated("vae", "vae-decoder", VAE_LATENT, n, seed, format)
 
     @bentoml.api(route="/vae/reconstruct")
     @answers_client_errors("vae_reconstruct", model="vae")
@@ -266,18 +276,18 @@ class ModelServe:
         pixel) is an anomaly score: `relative_error` compares it with the held-out digits'."""
         loaded = self.models["vae"]
         x = inputs.image_input(image.read_bytes(), loaded.spec.preprocessing)
-        mu = np.asarray(await call_batched(self.to_async.infer_vae_encoder, x), dtype=np.float32)[:, :VAE_LATENT]
-        reconstruction = np.asarray(await call_batched(self.to_async.infer_vae_decoder, mu), dtype=np.float32)
+        mu = (await self.batchers["vae-encoder"](x))[:, :VAE_LATENT]
+        reconstruction = await self.batchers["vae-decoder"](mu)
         error = float(np.mean((reconstruction - x) ** 2))
         typical = loaded.metadata["metrics"].get("reconstruction_mse")
-        return {
+        return JSONResponse({
             "model": "vae",
             "version": loaded.version,
             "reconstruction_error": error,
             "relative_error": error / typical if typical else None,
             "latent": mu[0].tolist(),
             "png": images.base64_png(images.strip(np.concatenate([x, reconstruction]))),
-        }
+        })
 
     @bentoml.api(route="/vae/interpolate")
     @answers_client_errors("vae_interpolate", model="vae")
@@ -297,10 +307,10 @@ class ModelServe:
         """A PNG strip from one uploaded digit to another, through the VAE's latent space."""
         pre = self.models["vae"].spec.preprocessing
         both = np.concatenate([inputs.image_input(image_a.read_bytes(), pre, "image_a"), inputs.image_input(image_b.read_bytes(), pre, "image_b")])
-        mu = np.asarray(await call_batched(self.to_async.infer_vae_encoder, both), dtype=np.float32)[:, :VAE_LATENT]
+        mu = (await self.batchers["vae-encoder"](both))[:, :VAE_LATENT]
         return await self._interpolate(mu[:1], mu[1:], steps)
 
     async def _interpolate(self, za: np.ndarray, zb: np.ndarray, steps: int) -> Response:
         t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
-        pictures = np.asarray(await call_batched(self.to_async.infer_vae_decoder, (1 - t) * za + t * zb), dtype=np.float32)
+        pictures = await self.batchers["vae-decoder"]((1 - t) * za + t * zb)
         return Response(images.png(images.strip(pictures)), media_type="image/png")
