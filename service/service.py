@@ -27,7 +27,7 @@ from starlette.routing import Route  # noqa: E402
 
 from modelspec import EXPORT_ORDER, GAN_LATENT, VAE_LATENT  # noqa: E402
 from modelspec.text import encode_batch  # noqa: E402
-from service import images, inputs, metrics  # noqa: E402
+from service import images, inputs, metrics, v2  # noqa: E402
 from service.batching import Batcher, chain  # noqa: E402
 from service.errors import ClientError, answers_client_errors  # noqa: E402
 from service.runtime import LoadedModel, ModelLoadError  # noqa: E402
@@ -36,6 +36,16 @@ WORKERS = int(os.environ.get("MODELSERVE_WORKERS", 1))
 ORT_THREADS = int(os.environ.get("MODELSERVE_ORT_THREADS", 1))
 MAX_BATCH = int(os.environ.get("MODELSERVE_MAX_BATCH", 64))
 BATCH_WAIT_MS = float(os.environ.get("MODELSERVE_BATCH_WAIT_MS", 0))
+
+# The batchers, named like their /infer/ routes and their V2 models: (stored model, graph).
+TENSOR_GRAPHS = {
+    "cnn": ("cnn", "model.onnx"),
+    "resnet": ("resnet", "model.onnx"),
+    "resnet-int8": ("resnet-int8", "model.onnx"),
+    "gan": ("gan", "model.onnx"),
+    "vae-decoder": ("vae", "decoder.onnx"),
+    "vae-encoder": ("vae", "encoder.onnx"),
+}
 
 Classifier = Literal["cnn", "resnet", "resnet-int8"]
 ImageRows = Annotated[np.ndarray, Shape((-1, 1, 28, 28)), DType("float32")]
@@ -79,11 +89,12 @@ async def one_model(request: Request) -> JSONResponse:
     return JSONResponse(loaded.describe())
 
 
-# GET endpoints: every model with version, metrics, input/output spec, preprocessing, sha256.
-metadata_app = Starlette(routes=[Route("/models", list_models), Route("/models/{name}", one_model)])
+# Routes BentoML's POST-only APIs cannot be: GET model metadata (version, metrics, spec,
+# preprocessing, sha256) and the Open Inference Protocol.
+plain_routes = Starlette(routes=[Route("/models", list_models), Route("/models/{name}", one_model), *v2.routes])
 
 
-@bentoml.asgi_app(metadata_app, path="/")
+@bentoml.asgi_app(plain_routes, path="/")
 @bentoml.service(
     name="modelserve",
     workers=WORKERS,
@@ -116,6 +127,7 @@ class ModelServe:
             for info in loaded.metadata["onnx_files"].values():
                 metrics.MODEL_INFO.labels(model=name, version=loaded.version, sha256=info["sha256"]).set(1)
         self.batchers = self._batchers()
+        self.graph_of = {**TENSOR_GRAPHS, "sentiment": ("sentiment", None)}  # None: it takes texts
         self.ready = True
 
     def __is_ready__(self) -> bool:
@@ -142,17 +154,15 @@ class ModelServe:
             tokens, lengths = encode_batch(texts, loaded.vocab, loaded.spec.preprocessing)
             return softmax(self._run("sentiment", "model.onnx", {"tokens": tokens, "lengths": lengths})[0])
 
-        runs = {
-            "cnn": tensor("cnn", "model.onnx", "image"),
-            "resnet": tensor("resnet", "model.onnx", "image"),
-            "resnet-int8": tensor("resnet-int8", "model.onnx", "image"),
-            "gan": tensor("gan", "model.onnx", "z"),
-            "vae-decoder": tensor("vae", "decoder.onnx", "z"),
-            "vae-encoder": tensor("vae", "encoder.onnx", "image"),
+        batchers = {
+            key: Batcher(key, tensor(model, filename, self.graph(model, filename).inputs[0].name), MAX_BATCH, BATCH_WAIT_MS)
+            for key, (model, filename) in TENSOR_GRAPHS.items()
         }
-        batchers = {key: Batcher(key, run, MAX_BATCH, BATCH_WAIT_MS) for key, run in runs.items()}
         batchers["sentiment"] = Batcher("sentiment", sentiment, MAX_BATCH, BATCH_WAIT_MS, join=chain)
         return batchers
+
+    def graph(self, model: str, filename: str):
+        return next(g for g in self.models[model].spec.graphs if g.filename == filename)
 
     # Tensor endpoints: model-ready rows in, raw outputs out, through the same batchers.
 

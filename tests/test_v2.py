@@ -1,0 +1,151 @@
+"""The Open Inference Protocol, spoken by a client nobody here wrote: tritonclient[http].
+
+Every V2 answer is compared with the native `/infer/*` endpoint for the same input.
+"""
+
+import json
+
+import bentoml
+import numpy as np
+import pytest
+import requests
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from modelspec import GAN_LATENT, VAE_LATENT
+
+TIMEOUT = 30
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return triton.InferenceServerClient(url=server.removeprefix("http://"), network_timeout=TIMEOUT)
+
+
+def eval_images(n: int) -> np.ndarray:
+    with np.load(bentoml.models.get("cnn:latest").path_of("eval.npz")) as data:
+        return data["x"][:n].astype(np.float32)
+
+
+def native(server: str, route: str, body: dict) -> np.ndarray:
+    response = requests.post(f"{server}/infer/{route}", json=body, timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    return np.asarray(response.json(), dtype=np.float32)
+
+
+def infer(client, model: str, name: str, array: np.ndarray, binary: bool, outputs=None):
+    tensor = triton.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else "FP32")
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    requested = [triton.InferRequestedOutput(o, binary_data=binary) for o in outputs] if outputs else None
+    return client.infer(model, [tensor], outputs=requested)
+
+
+def test_health_and_server_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()
+    metadata = client.get_server_metadata()
+    assert metadata["name"] == "modelserve" and "binary_tensor_data" in metadata["extensions"]
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet", "resnet-int8", "sentiment", "gan", "vae-decoder", "vae-encoder"])
+def test_model_metadata_matches_the_stored_spec(client, model):
+    assert client.is_model_ready(model)
+    metadata = client.get_model_metadata(model)
+    stored = bentoml.models.get(f"{ {'vae-decoder': 'vae', 'vae-encoder': 'vae'}.get(model, model)}:latest")
+    assert metadata["versions"] == [stored.tag.version]
+    assert client.is_model_ready(model, model_version=stored.tag.version)
+    if model == "sentiment":
+        assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+        assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}]
+        return
+    graphs = {g["filename"]: g for g in stored.info.metadata["spec"]["graphs"]}
+    graph = graphs[{"vae-decoder": "decoder.onnx", "vae-encoder": "encoder.onnx"}.get(model, "model.onnx")]
+    assert [(t["name"], t["shape"]) for t in metadata["inputs"]] == [(t["name"], t["shape"]) for t in graph["inputs"]]
+    assert [(t["name"], t["shape"]) for t in metadata["outputs"]] == [(t["name"], t["shape"]) for t in graph["outputs"]]
+    assert {t["datatype"] for t in metadata["inputs"] + metadata["outputs"]} == {"FP32"}
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.parametrize("model", ["cnn", "resnet-int8"])
+def test_classifiers_equal_the_native_endpoint(server, client, model, binary):
+    images = eval_images(7)
+    logits = infer(client, model, "image", images, binary).as_numpy("logits")
+    assert logits.shape == (7, 10)
+    np.testing.assert_allclose(logits, native(server, model, {"images": images.tolist()}), atol=1e-5)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_sentiment_takes_text(server, client, binary):
+    texts = ["质量很好，物流也快，非常满意", "太差了，用了两天就坏了", "一般"]
+    probabilities = infer(client, "sentiment", "text", np.array([t.encode() for t in texts], dtype=object), binary).as_numpy("probabilities")
+    np.testing.assert_allclose(probabilities, native(server, "sentiment", {"texts": texts}), atol=1e-6)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)  # smoke models: no claim about quality
+
+
+@pytest.mark.parametrize(("model", "latent"), [("gan", GAN_LATENT), ("vae-decoder", VAE_LATENT)])
+def test_generators_equal_the_native_endpoint(server, client, model, latent):
+    z = np.random.default_rng(5).standard_normal((3, latent), dtype=np.float32)
+    pictures = infer(client, model, "z", z, binary=True).as_numpy("image")
+    assert pictures.shape == (3, 1, 28, 28)
+    np.testing.assert_allclose(pictures, native(server, model, {"z": z.tolist()}), atol=1e-5)
+
+
+def test_one_output_of_several_can_be_asked_for(server, client):
+    images = eval_images(2)
+    result = infer(client, "vae-encoder", "image", images, binary=True, outputs=["mu"])
+    assert result.as_numpy("logvar") is None
+    np.testing.assert_allclose(result.as_numpy("mu"), native(server, "vae-encoder", {"images": images.tolist()})[:, :VAE_LATENT], atol=1e-5)
+
+
+def test_client_mistakes_get_v2_errors(server, client):
+    with pytest.raises(InferenceServerException, match="datatype FP32"):
+        tensor = triton.InferInput("image", [1, 1, 28, 28], "FP64")
+        tensor.set_data_from_numpy(np.zeros((1, 1, 28, 28)), binary_data=True)
+        client.infer("cnn", [tensor])
+    with pytest.raises(InferenceServerException, match="no model"):
+        client.get_model_metadata("nope")
+    with pytest.raises(InferenceServerException, match="version"):
+        client.get_model_metadata("cnn", model_version="not-a-version")
+
+    def post(body, model="cnn"):
+        # json.dumps writes NaN as Python's json.loads reads it; strict JSON has no NaN at all
+        return requests.post(f"{server}/v2/models/{model}/infer", data=json.dumps(body), timeout=TIMEOUT)
+
+    image = {"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0.0] * 784}
+    cases = [
+        ({"inputs": [{**image, "shape": [1, 28, 28]}]}, "does not match"),
+        ({"inputs": [{**image, "data": [0.0] * 783}]}, "783 values"),
+        ({"inputs": [{**image, "data": [float("nan")] + [0.0] * 783}]}, "NaN or infinite"),
+        ({"inputs": [{**image, "name": "pixels"}]}, "takes inputs"),
+        ({"inputs": [{**image, "data": ["a"] * 784}]}, "FP32 numbers"),
+        ({"inputs": [{**image, "shape": [65, 1, 28, 28], "data": [0.0] * 784 * 65}]}, "limit"),
+        ({"inputs": [image], "outputs": [{"name": "probabilities"}]}, "unknown outputs"),
+        ({"input": []}, "inputs"),
+    ]
+    for body, message in cases:
+        response = post(body)
+        assert response.status_code == 400, (body, response.text)
+        assert set(response.json()) == {"error"}
+        assert message in response.json()["error"]
+    assert post({"inputs": [image]}, model="nope").status_code == 404
+    for headers in ({"Inference-Header-Content-Length": "99999"}, {"Inference-Header-Content-Length": "x"}):
+        response = requests.post(f"{server}/v2/models/cnn/infer", data=b'{"inputs": []}', headers=headers, timeout=TIMEOUT)
+        assert response.status_code == 400 and "Inference-Header-Content-Length" in response.json()["error"]
+    infinite = np.full((1, 1, 28, 28), np.inf, dtype=np.float32)
+    with pytest.raises(InferenceServerException, match="NaN or infinite"):
+        infer(client, "cnn", "image", infinite, binary=True)
+    good = post({"inputs": [image]})
+    assert good.status_code == 200 and good.json()["outputs"][0]["shape"] == [1, 10]
+
+
+def test_v2_requests_run_through_the_batchers_and_their_metrics(server, client):
+    def batches_of(model: str) -> float:
+        text = requests.get(f"{server}/metrics", timeout=TIMEOUT).text
+        return sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("modelserve_batch_rows_count") and f'model="{model}"' in line
+        )
+
+    before = batches_of("resnet")
+    infer(client, "resnet", "image", eval_images(3), binary=True)
+    assert batches_of("resnet") == before + 1
