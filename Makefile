@@ -9,7 +9,7 @@ PORT ?= 3000
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup models verify serve test clean-store
+.PHONY: setup models verify serve test soak clean-store loadtest slo bench bench-deps
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,59 @@ serve: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Five minutes of mixed load on a server of its own (not part of `make test`): errors and the
+# growth of the server's memory (RSS of its process tree). `make soak SOAK_MINUTES=1` for less.
+SOAK_MINUTES ?= 5
+
+soak: setup
+	@$(PY) -m export verify >/dev/null 2>&1 || $(MAKE) models
+	$(PY) -m load_tests.soak --minutes $(SOAK_MINUTES)
+
+# Load test of a running service (starts none): `make loadtest URL=... USERS=16 DURATION=60s`,
+# then `make slo` (or `make loadtest slo`) judges the stats against load_tests/slo.toml.
+# The mix: LOCUST_WEIGHTS=classify_cnn=10,gan_generate=0 (see load_tests/locustfile.py).
+URL ?= http://127.0.0.1:3000
+USERS ?= 16
+DURATION ?= 60s
+LOADTEST_DIR ?= reports/loadtest
+
+loadtest: setup
+	@$(PY) -c "import requests, sys; sys.exit(requests.get('$(URL)/readyz', timeout=5).status_code != 200)" 2>/dev/null \
+		|| { echo "no ready service at $(URL) (start one with 'make serve', or pass URL=...)"; exit 1; }
+	mkdir -p $(LOADTEST_DIR) && rm -f $(LOADTEST_DIR)/locust_*.csv $(LOADTEST_DIR)/locust.html
+	$(VENV)/bin/locust -f load_tests/locustfile.py --headless --host $(URL) -u $(USERS) -r $(USERS) -t $(DURATION) \
+		--csv $(LOADTEST_DIR)/locust --html $(LOADTEST_DIR)/locust.html --only-summary --exit-code-on-error 0
+
+slo: setup
+	$(PY) -m load_tests.slo $(LOADTEST_DIR)/locust_stats.csv
+
+# Benchmark on the stored models: reports/bench.md, bench.json and PNG plots, about 12 minutes
+# (`make bench BENCH_ARGS=--quick` for a short run). The load generator is wrk, from apt.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BENCH_ARGS ?=
+
+bench: setup bench-deps
+	@$(PY) -m export verify >/dev/null 2>&1 || $(MAKE) models
+	$(PY) -m load_tests.bench $(BENCH_ARGS)
+
+bench-deps: $(VENV)/.bench-installed
+	@command -v wrk >/dev/null 2>&1 || $(SUDO) apt-get install -y wrk || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
+
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $@
+
+# The serving bento as one archive: service code, serving requirements (no torch) and every
+# stored model, built offline from the store in BENTOML_HOME (`lock_packages: false`; bentoml
+# calls uv, from the test extra). Then `bentoml containerize` (README, Deploy).
+BENTO_ARCHIVE ?= dist/modelserve.bento
+.PHONY: bento
+
+bento: setup
+	$(VENV)/bin/bentoml build
+	mkdir -p $(dir $(BENTO_ARCHIVE)) && rm -f $(BENTO_ARCHIVE)
+	$(VENV)/bin/bentoml export modelserve:latest $(BENTO_ARCHIVE)
 
 clean-store:
 	rm -rf $(BENTOML_HOME)

@@ -1,4 +1,9 @@
-"""Client mistakes: answered with 4xx and a JSON body {"error": ..., "detail": ..., "field": ...}."""
+"""Client mistakes: answered with 4xx and a JSON body {"error": ..., "detail": ..., "field": ...}.
+
+`error` is a short stable reason code, `detail` a sentence for people, `field` the part of the
+request at fault (a JSON field such as "texts[0]", a form field, "body", a header name), or
+null when no single part is (an overloaded worker, a timeout).
+"""
 
 from __future__ import annotations
 
@@ -14,15 +19,18 @@ class ClientError(Exception):
     """A request the service will not run. `field` names the part of the request at fault,
     `reason` is a short stable code (also the label of the rejected-inputs counter)."""
 
-    def __init__(self, field: str, problem: str, reason: str = "invalid", status: int = 400):
-        super().__init__(f"{field}: {problem}")
+    def __init__(
+        self, field: str | None, problem: str, reason: str = "invalid", status: int = 400, headers: dict[str, str] | None = None
+    ):
+        super().__init__(f"{field}: {problem}" if field else problem)
         self.field, self.problem, self.reason, self.status = field, problem, reason, status
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": self.reason, "detail": str(self), "field": self.field}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(
-            {"error": self.reason, "detail": f"{self.field}: {self.problem}", "field": self.field},
-            status_code=self.status,
-        )
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def answers_client_errors(endpoint: str, model: str | None = None):

@@ -17,6 +17,10 @@ MAX_ITEMS = int(os.environ.get("MODELSERVE_MAX_ITEMS", 64))
 MAX_TEXT_CHARS = int(os.environ.get("MODELSERVE_MAX_TEXT_CHARS", 2000))
 MAX_GENERATED = int(os.environ.get("MODELSERVE_MAX_GENERATED", 64))
 MAX_SEED = 2**63 - 1
+# Decoded uploads wider or taller than this are averaged down (by whole factors) before they are
+# framed: framing pads the ink to a square, which for a 1 x 16,000,000 strip would be 16e6^2
+# pixels. Framing ends in an average down to the training images' 8x8 (or 28x28) anyway.
+FRAME_MAX_SIDE = 1024
 
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
@@ -45,7 +49,15 @@ def decode_image(data: bytes, field: str = "image") -> np.ndarray:
         raise ClientError(field, "not an image that Pillow can read (PNG, JPEG, GIF, BMP, TIFF, WebP)", "not_an_image") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ClientError(field, f"damaged or truncated image ({e})", "bad_image") from None
-    return light_on_dark(pixels)
+    return light_on_dark(shrink(pixels))
+
+
+def shrink(pixels: np.ndarray, max_side: int = FRAME_MAX_SIDE) -> np.ndarray:
+    """Average [H, W] down by the smallest whole factor that brings both sides to max_side or less."""
+    factor = -(-max(pixels.shape) // max_side)
+    if factor <= 1:
+        return pixels
+    return np.asarray(Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F").reduce(factor), dtype=np.float32)
 
 
 def image_input(data: bytes, preprocessing: dict, field: str = "image") -> np.ndarray:
@@ -65,12 +77,31 @@ def array_batch(values: np.ndarray, size: list[int], field: str = "images") -> n
         array = array[:, None]
     if array.ndim != 4 or array.shape[1:] != (1, height, width):
         raise ClientError(field, f"shape {list(np.shape(values))}; expected [N, {height}, {width}] or [N, 1, {height}, {width}]", "bad_shape")
+    return image_rows(array, field)
+
+
+def image_rows(values: np.ndarray, field: str = "images") -> np.ndarray:
+    """Image rows [N, 1, H, W] (shaped by array_batch, or by BentoML for /infer/): 1 to
+    MAX_ITEMS rows, finite, in [0, 1]."""
+    array = np.asarray(values, dtype=np.float32)
     check_count(len(array), field)
-    if not np.isfinite(array).all():
-        raise ClientError(field, "contains NaN or infinity", "not_finite")
+    check_finite(array, field)
     if array.min() < 0 or array.max() > 1:
         raise ClientError(field, f"values must lie in [0, 1] (got {array.min():g} to {array.max():g})", "out_of_range")
     return np.ascontiguousarray(array)
+
+
+def latent_rows(values: np.ndarray, field: str = "z") -> np.ndarray:
+    """Rows for an /infer/ latent endpoint ([N, latent] float32, checked by BentoML): 1 to MAX_ITEMS, finite."""
+    array = np.asarray(values, dtype=np.float32)
+    check_count(len(array), field)
+    check_finite(array, field)
+    return np.ascontiguousarray(array)
+
+
+def check_finite(array: np.ndarray, field: str) -> None:
+    if not np.isfinite(array).all():
+        raise ClientError(field, "contains NaN or infinity", "not_finite")
 
 
 def check_count(count: int, field: str, limit: int = MAX_ITEMS) -> None:
@@ -95,9 +126,9 @@ def texts(values: list[str], field: str = "texts") -> list[str]:
     return values
 
 
-def generation(n: int, seed: int | None) -> np.random.Generator:
+def generation(n: int, seed: int | None, seed_field: str = "seed") -> np.random.Generator:
     if not 1 <= n <= MAX_GENERATED:
         raise ClientError("n", f"must be between 1 and {MAX_GENERATED}", "n_out_of_range")
     if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise ClientError("seed", f"must be between 0 and {MAX_SEED}", "seed_out_of_range")
+        raise ClientError(seed_field, f"must be between 0 and {MAX_SEED}", "seed_out_of_range")
     return np.random.default_rng(seed)

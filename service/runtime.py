@@ -108,3 +108,27 @@ class LoadedModel:
             "onnx_files": md.get("onnx_files", {}),
             "versions": md.get("versions", {}),
         }
+
+
+def check_stored_models(names, threads: int = 1) -> None:
+    """Load every named model (`name:latest`) once, with all the checks of LoadedModel.load,
+    and drop it; raises ModelLoadError for the first that fails."""
+    import bentoml
+
+    for name in names:
+        stored = bentoml.models.get(f"{name}:latest")
+        LoadedModel.load(name, stored.tag.version, stored.path, stored.info.metadata, threads)
+
+
+CHECKED_BY = "MODELSERVE_STORE_CHECKED_BY"
+
+
+def check_store_once(names) -> None:
+    """check_stored_models in the `bentoml serve` process, when it imports the service. A model
+    that fails there stops the server with its message and a non-zero exit; a failure in a
+    worker only makes BentoML start the worker again, forever. The workers, children of that
+    process, inherit its mark and skip the check: each loads (and checks) every model anyway."""
+    if os.environ.get(CHECKED_BY) == str(os.getppid()):
+        return
+    check_stored_models(names)
+    os.environ[CHECKED_BY] = str(os.getpid())

@@ -27,10 +27,10 @@ from starlette.routing import Route  # noqa: E402
 
 from modelspec import EXPORT_ORDER, GAN_LATENT, VAE_LATENT  # noqa: E402
 from modelspec.text import encode_batch  # noqa: E402
-from service import images, inputs, metrics, v2  # noqa: E402
+from service import guard, images, inputs, metrics, v2  # noqa: E402
 from service.batching import Batcher, chain  # noqa: E402
 from service.errors import ClientError, answers_client_errors  # noqa: E402
-from service.runtime import LoadedModel, ModelLoadError  # noqa: E402
+from service.runtime import LoadedModel, ModelLoadError, check_store_once  # noqa: E402
 
 WORKERS = int(os.environ.get("MODELSERVE_WORKERS", 1))
 ORT_THREADS = int(os.environ.get("MODELSERVE_ORT_THREADS", 1))
@@ -52,6 +52,10 @@ ImageRows = Annotated[np.ndarray, Shape((-1, 1, 28, 28)), DType("float32")]
 VAELatent = Annotated[np.ndarray, Shape((-1, VAE_LATENT)), DType("float32")]
 GANLatent = Annotated[np.ndarray, Shape((-1, GAN_LATENT)), DType("float32")]
 OutputFormat = Literal["png", "base64", "array"]
+# Output shapes, for the OpenAPI document (BentoML documents a bare ndarray as a flat list).
+Logits = Annotated[np.ndarray, Shape((-1, 10)), DType("float32")]
+Pictures = Annotated[np.ndarray, Shape((-1, 1, 28, 28)), DType("float32")]
+Moments = Annotated[np.ndarray, Shape((-1, 2 * VAE_LATENT)), DType("float32")]
 
 
 def require_stored_models() -> None:
@@ -68,6 +72,7 @@ def require_stored_models() -> None:
 
 
 require_stored_models()
+check_store_once(EXPORT_ORDER)  # a damaged or unloadable model stops `bentoml serve` itself
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -98,7 +103,7 @@ plain_routes = Starlette(routes=[Route("/models", list_models), Route("/models/{
 @bentoml.service(
     name="modelserve",
     workers=WORKERS,
-    traffic={"timeout": 30},
+    traffic={"timeout": guard.BACKSTOP_TIMEOUT_S},  # a backstop: guard.py answers 504 first
     logging={"access": {"enabled": os.environ.get("MODELSERVE_ACCESS_LOG", "true") == "true"}},
     metrics={"enabled": True, "namespace": "bentoml_service"},
 )
@@ -167,40 +172,47 @@ class ModelServe:
     # Tensor endpoints: model-ready rows in, raw outputs out, through the same batchers.
 
     @bentoml.api(route="/infer/cnn")
-    async def infer_cnn(self, images: ImageRows) -> np.ndarray:
+    @answers_client_errors("infer_cnn", model="cnn")
+    async def infer_cnn(self, images: ImageRows) -> Logits:
         """Logits [N, 10] of `cnn` for images [N, 1, 28, 28] in [0, 1]."""
-        return JSONResponse((await self.batchers["cnn"](images)).tolist())
+        return JSONResponse((await self.batchers["cnn"](inputs.image_rows(images))).tolist())
 
     @bentoml.api(route="/infer/resnet")
-    async def infer_resnet(self, images: ImageRows) -> np.ndarray:
+    @answers_client_errors("infer_resnet", model="resnet")
+    async def infer_resnet(self, images: ImageRows) -> Logits:
         """Logits [N, 10] of `resnet`."""
-        return JSONResponse((await self.batchers["resnet"](images)).tolist())
+        return JSONResponse((await self.batchers["resnet"](inputs.image_rows(images))).tolist())
 
     @bentoml.api(route="/infer/resnet-int8")
-    async def infer_resnet_int8(self, images: ImageRows) -> np.ndarray:
+    @answers_client_errors("infer_resnet_int8", model="resnet-int8")
+    async def infer_resnet_int8(self, images: ImageRows) -> Logits:
         """Logits [N, 10] of `resnet-int8`."""
-        return JSONResponse((await self.batchers["resnet-int8"](images)).tolist())
+        return JSONResponse((await self.batchers["resnet-int8"](inputs.image_rows(images))).tolist())
 
     @bentoml.api(route="/infer/sentiment")
+    @answers_client_errors("infer_sentiment", model="sentiment")
     async def infer_sentiment(self, texts: list[str]) -> list[list[float]]:
         """Class probabilities [negative, positive] per text; a batch is right-padded to its
         longest text, which the model ignores."""
-        return JSONResponse((await self.batchers["sentiment"](texts)).tolist())
+        return JSONResponse((await self.batchers["sentiment"](inputs.texts(texts))).tolist())
 
     @bentoml.api(route="/infer/gan")
-    async def infer_gan(self, z: GANLatent) -> np.ndarray:
+    @answers_client_errors("infer_gan", model="gan")
+    async def infer_gan(self, z: GANLatent) -> Pictures:
         """Images [N, 1, 28, 28] from latents [N, GAN_LATENT]."""
-        return JSONResponse((await self.batchers["gan"](z)).tolist())
+        return JSONResponse((await self.batchers["gan"](inputs.latent_rows(z))).tolist())
 
     @bentoml.api(route="/infer/vae-decoder")
-    async def infer_vae_decoder(self, z: VAELatent) -> np.ndarray:
+    @answers_client_errors("infer_vae_decoder", model="vae")
+    async def infer_vae_decoder(self, z: VAELatent) -> Pictures:
         """Images [N, 1, 28, 28] from latents [N, VAE_LATENT]."""
-        return JSONResponse((await self.batchers["vae-decoder"](z)).tolist())
+        return JSONResponse((await self.batchers["vae-decoder"](inputs.latent_rows(z))).tolist())
 
     @bentoml.api(route="/infer/vae-encoder")
-    async def infer_vae_encoder(self, images: ImageRows) -> np.ndarray:
+    @answers_client_errors("infer_vae_encoder", model="vae")
+    async def infer_vae_encoder(self, images: ImageRows) -> Moments:
         """[mu | logvar] as one [N, 2 * VAE_LATENT] array for images [N, 1, 28, 28]."""
-        return JSONResponse((await self.batchers["vae-encoder"](images)).tolist())
+        return JSONResponse((await self.batchers["vae-encoder"](inputs.image_rows(images))).tolist())
 
     @bentoml.api(route="/noop")
     async def noop(self, images: list = Field(description="Anything; nothing is run"), model: str = "cnn", top_k: int = 3) -> dict:
@@ -305,8 +317,8 @@ class ModelServe:
         self, seed_a: int = 0, seed_b: int = 1, steps: Annotated[int, Field(ge=2, le=32)] = 8
     ) -> Image.Image:
         """A PNG strip decoded along the straight line between the latents of two seeds."""
-        za = inputs.generation(1, seed_a).standard_normal((1, VAE_LATENT), dtype=np.float32)
-        zb = inputs.generation(1, seed_b).standard_normal((1, VAE_LATENT), dtype=np.float32)
+        za = inputs.generation(1, seed_a, "seed_a").standard_normal((1, VAE_LATENT), dtype=np.float32)
+        zb = inputs.generation(1, seed_b, "seed_b").standard_normal((1, VAE_LATENT), dtype=np.float32)
         return await self._interpolate(za, zb, steps)
 
     @bentoml.api(route="/vae/interpolate/images")
@@ -324,3 +336,6 @@ class ModelServe:
         t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
         pictures = await self.batchers["vae-decoder"]((1 - t) * za + t * zb)
         return Response(images.png(images.strip(pictures)), media_type="image/png")
+
+
+ModelServe.add_asgi_middleware(guard.Guard)
