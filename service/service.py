@@ -7,6 +7,7 @@ Runtime batch. The `/infer/*` endpoints take model-ready tensors through the sam
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import time
@@ -103,7 +104,6 @@ plain_routes = Starlette(routes=[Route("/models", list_models), Route("/models/{
 @bentoml.service(
     name="modelserve",
     workers=WORKERS,
-    traffic={"timeout": guard.BACKSTOP_TIMEOUT_S},  # a backstop: guard.py answers 504 first
     logging={"access": {"enabled": os.environ.get("MODELSERVE_ACCESS_LOG", "true") == "true"}},
     metrics={"enabled": True, "namespace": "bentoml_service"},
 )
@@ -133,6 +133,10 @@ class ModelServe:
                 metrics.MODEL_INFO.labels(model=name, version=loaded.version, sha256=info["sha256"]).set(1)
         self.batchers = self._batchers()
         self.graph_of = {**TENSOR_GRAPHS, "sentiment": ("sentiment", None)}  # None: it takes texts
+        # What is loaded by now lives as long as the worker: out of the garbage collector's full
+        # passes, which would otherwise rescan its ~120,000 objects every ~1,000 requests (60 ms).
+        gc.collect()
+        gc.freeze()
         self.ready = True
 
     def __is_ready__(self) -> bool:

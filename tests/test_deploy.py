@@ -23,9 +23,10 @@ import yaml
 
 from conftest import ROOT
 from load_tests.server import free_port, stop, wait_ready
+from service.guard import Settings
 
 DEPLOY = os.path.join(ROOT, "deploy")
-REQUEST_TIMEOUT_SECONDS = 30  # traffic={"timeout": 30} in service/service.py
+REQUEST_TIMEOUT_SECONDS = Settings().request_timeout_s  # the guard's default (MODELSERVE_REQUEST_TIMEOUT_S)
 CLASSIFY_BODY = {"images": [[[0.0] * 28] * 28], "model": "cnn"}
 SENTIMENT_BODY = {"texts": ["很好"]}
 
