@@ -783,11 +783,125 @@ def http_benchmarks(store: Store, payloads: Payloads, profile: Profile, log) -> 
         log(f"servers up: {', '.join(f'{k} ({s.ready_s:.1f} s to ready)' for k, s in servers.items())}; "
             f"{len(profile.concurrency)} concurrency levels x {profile.duration_s} s per point")
         results["sweeps"].update(sweep(servers, payloads, files, profile, log))
+        classify = next(ep for ep in ENDPOINTS if ep.key == "classify")
+        log(f"profiling the worker with py-spy: {classify.path} at c=32 for {PROFILE_SECONDS} s")
+        results["profile"] = profile_under_load(servers["batching on"], classify, classify.content_type, files[classify.body], 32)
     finally:
         for server in started:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Where the time goes: py-spy on the worker under load
+# ----------------------------------------------------------------------------------------------
+
+PROFILE_SECONDS = 10
+# The top folder (or module) of a sampled frame's file -> the layer it belongs to.
+LAYERS = {
+    "onnxruntime": "ONNX Runtime",
+    "service": "modelserve's own code (service/)",
+    "modelspec": "modelserve's own code (service/)",
+    "numpy": "numpy",
+    "pydantic": "pydantic (request parsing and validation)",
+    "pydantic_core": "pydantic (request parsing and validation)",
+    "starlette": "Starlette (routing, request and response objects)",
+    "bentoml": "BentoML (its middleware and API wrappers)",
+    "_bentoml_impl": "BentoML (its middleware and API wrappers)",
+    "_bentoml_sdk": "BentoML (its middleware and API wrappers)",
+    "opentelemetry": "OpenTelemetry (BentoML's tracing middleware)",
+    "prometheus_client": "prometheus_client (BentoML's and the service's metrics)",
+    "logging": "logging (the access log)",
+    "json": "json (answers)",
+    "asyncio": "event loop and HTTP (asyncio, uvicorn, h11)",
+    "uvicorn": "event loop and HTTP (asyncio, uvicorn, h11)",
+    "h11": "event loop and HTTP (asyncio, uvicorn, h11)",
+    "selectors": "event loop and HTTP (asyncio, uvicorn, h11)",
+    "threading": "threads (hand-off to the batch thread)",
+    "concurrent": "threads (hand-off to the batch thread)",
+}
+
+
+def frame_layer(frame: str) -> str:
+    """A py-spy frame with its full file name -> its layer, e.g.
+    'Session.run (/x/site-packages/onnxruntime/capi/onnxruntime_inference_collection.py:406)' -> 'ONNX Runtime'."""
+    m = re.search(r"\(([^()]*?)(?::\d+)?\)$", frame)
+    path = m.group(1) if m else frame
+    if "site-packages/" in path:
+        path = path.rsplit("site-packages/", 1)[1]
+    elif path.startswith(ROOT + "/"):
+        path = path[len(ROOT) + 1 :]
+    else:
+        path = re.sub(r"^.*/lib/python3\.\d+/", "", path)
+    top = path.split("/")[0].removesuffix(".py")
+    if top.startswith("opentelemetry"):
+        top = "opentelemetry"
+    return LAYERS.get(top, "other (Python's standard library and the rest)")
+
+
+def summarize_profile(raw: str, top: int = 12) -> dict:
+    """py-spy's raw output ("frame;frame;... count" per line) -> {"samples", "layers": [(layer,
+    share)], "functions": [(frame, share)]}, by where each sample was (its innermost frame)."""
+    layers, functions, total = {}, {}, 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf, n = stack.split(";")[-1], int(count)
+        total += n
+        layers[frame_layer(leaf)] = layers.get(frame_layer(leaf), 0) + n
+        functions[leaf] = functions.get(leaf, 0) + n
+    if not total:
+        return {"samples": 0, "layers": [], "functions": []}
+
+    def shares(counts: dict) -> list[tuple[str, float]]:
+        return [(key, n / total) for key, n in sorted(counts.items(), key=lambda item: -item[1])]
+
+    return {"samples": total, "layers": shares(layers), "functions": shares(functions)[:top]}
+
+
+def worker_pids(server: Server) -> list[int]:
+    """The BentoML worker processes under a server."""
+    found = []
+    for pid in process_tree(server.process.pid, read_proc_stats()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"_bentoml_impl.worker" in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def profile_under_load(server: Server, ep: Endpoint, content_type: str, body_file: str, c: int, seconds: int = PROFILE_SECONDS) -> dict:
+    """py-spy samples the worker (100 Hz, non-blocking) while wrk drives `ep` at concurrency c."""
+    py_spy = shutil.which("py-spy") or shutil.which(os.path.join(os.path.dirname(sys.executable), "py-spy"))
+    if not py_spy:
+        return {"missing": "py-spy not installed (pip install -e '.[bench]')"}
+    pids = worker_pids(server)
+    if len(pids) != 1:
+        return {"missing": f"expected one worker, found {len(pids)}"}
+    env = {**os.environ, "WRK_BODY_FILE": body_file, "WRK_CONTENT_TYPE": content_type}
+    load = subprocess.Popen(
+        ["wrk", "-t1", f"-c{c}", f"-d{seconds + 3}s", "-s", WRK_SCRIPT, server.url + ep.path],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    with tempfile.NamedTemporaryFile(suffix=".txt") as out:
+        try:
+            time.sleep(1)
+            result = subprocess.run(
+                [py_spy, "record", "--pid", str(pids[0]), "--duration", str(seconds), "--rate", "100",
+                 "--nonblocking", "--full-filenames", "--format", "raw", "--output", out.name],
+                capture_output=True, text=True, timeout=seconds + 60,
+            )
+        finally:
+            load.wait(timeout=seconds + 60)
+        if result.returncode != 0:
+            return {"missing": f"py-spy failed: {(result.stderr or result.stdout).strip()[-300:]}"}
+        with open(out.name, encoding="utf-8", errors="replace") as f:
+            summary = summarize_profile(f.read())
+    return {"endpoint": ep.key, "concurrency": c, "seconds": seconds, **summary}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -949,6 +1063,7 @@ def write_report(path: str, data: dict, targets: list[Target], plots: dict[str, 
     ]
 
     lines += http_sections(data, plots)
+    lines += profile_section(data["http"].get("profile"))
     lines += [
         "## Method",
         "",
@@ -1067,6 +1182,26 @@ def http_sections(data: dict, plots: dict[str, str]) -> list[str]:
     if extra:
         lines.append(f"Other starts in this run: {extra}.")
     lines.append("")
+    return lines
+
+
+def profile_section(profile: dict | None) -> list[str]:
+    lines = ["## Where the time goes", ""]
+    if not profile:
+        return []
+    if "missing" in profile:
+        return lines + [f"Not profiled: {profile['missing']}.", ""]
+    lines += [
+        f"py-spy sampled the worker of the `batching on` server 100 times a second for {profile['seconds']} s "
+        f"while wrk drove `/classify` cnn at c={profile['concurrency']} ({profile['samples']} samples, "
+        "each counted where it was: its innermost frame). The worker is one process on one core, "
+        "so these shares are the shares of its time.",
+        "",
+        markdown_table(["layer", "share"], [[layer, f"{100 * share:.1f}%"] for layer, share in profile["layers"]]),
+        "",
+        markdown_table(["function (innermost frame)", "share"], [[f"`{frame}`", f"{100 * share:.1f}%"] for frame, share in profile["functions"]]),
+        "",
+    ]
     return lines
 
 
@@ -1226,6 +1361,8 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed: `make bench` installs it (apt-get install -y wrk)", file=sys.stderr)
         return 2
 
+    # A SIGTERM (make interrupted, a CI time-out) unwinds like Ctrl-C, so the servers are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     import torch
 
     torch.set_num_threads(1)

@@ -21,15 +21,11 @@ routes, internal errors), leaves with one JSON body: {"error": code, "detail": t
 part of the request or null}; BentoML's schema errors keep their pydantic items under "errors".
 
 BentoML's own `traffic` timeout and max_concurrency were not reused: their 504 and 429 bodies
-are {"error": "..."} only, the 429 has no Retry-After. BentoML's timeout middleware, which
-cannot be switched off by configuration, is made a pass-through (see harden_bentoml): the
-guard owns the timeout.
+are {"error": "..."} only, the 429 has no Retry-After. BentoML's timeout middleware is taken out
+(service/overhead.py): the guard owns the timeout.
 
 `harden_bentoml()` (run when this module is imported, before service.py declares its APIs)
-makes BentoML's timeout middleware a pass-through: it never cancels the timer it starts for each
-request, so every request's future and context (its tracing span included, some 20 objects)
-stayed alive for the whole timeout, and the garbage collector's full passes over them paused the
-worker for 100 to 500 ms under load. It also fixes three ways a client could get a 500 or make the server fetch a URL: BentoML's
+fixes three ways a client could get a 500 or make the server fetch a URL: BentoML's
 multipart/form parser is replaced by one that answers 400 for a form without a boundary or a
 form field nested too deeply, and refuses a file field sent as text (BentoML would download it
 as a URL); and BentoML's tensor validator reports a TypeError (a JSON object where a number
@@ -496,13 +492,6 @@ def harden_bentoml() -> None:
                         except ValueError:
                             pass
             return await super().parse_request(request, cls)
-
-    from bentoml._internal.server.http.traffic import TimeoutMiddleware
-
-    async def pass_through(self, scope, receive, send):
-        await self.app(scope, receive, send)
-
-    TimeoutMiddleware.__call__ = pass_through
 
     serde.ALL_SERDE["multipart/form-data"] = UploadsOnlyMultipartSerde
     serde.ALL_SERDE["application/x-www-form-urlencoded"] = UploadsOnlyMultipartSerde

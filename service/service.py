@@ -28,7 +28,7 @@ from starlette.routing import Route  # noqa: E402
 
 from modelspec import EXPORT_ORDER, GAN_LATENT, VAE_LATENT  # noqa: E402
 from modelspec.text import encode_batch  # noqa: E402
-from service import guard, images, inputs, metrics, v2  # noqa: E402
+from service import guard, images, inputs, metrics, overhead, v2  # noqa: E402
 from service.batching import Batcher, chain  # noqa: E402
 from service.errors import ClientError, answers_client_errors  # noqa: E402
 from service.runtime import LoadedModel, ModelLoadError, check_store_once  # noqa: E402
@@ -74,6 +74,7 @@ def require_stored_models() -> None:
 
 require_stored_models()
 check_store_once(EXPORT_ORDER)  # a damaged or unloadable model stops `bentoml serve` itself
+overhead.trim()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
