@@ -823,42 +823,70 @@ LAYERS = {
 }
 
 
-def frame_layer(frame: str) -> str:
-    """A py-spy frame with its full file name -> its layer, e.g.
-    'Session.run (/x/site-packages/onnxruntime/capi/onnxruntime_inference_collection.py:406)' -> 'ONNX Runtime'."""
+def frame_path(frame: str) -> str:
+    """The file of a py-spy frame ('func (/full/path.py:12)'), relative to site-packages, this
+    project or the standard library."""
     m = re.search(r"\(([^()]*?)(?::\d+)?\)$", frame)
     path = m.group(1) if m else frame
     if "site-packages/" in path:
-        path = path.rsplit("site-packages/", 1)[1]
-    elif path.startswith(ROOT + "/"):
-        path = path[len(ROOT) + 1 :]
-    else:
-        path = re.sub(r"^.*/lib/python3\.\d+/", "", path)
-    top = path.split("/")[0].removesuffix(".py")
+        return path.rsplit("site-packages/", 1)[1]
+    if path.startswith(ROOT + "/"):
+        return path[len(ROOT) + 1 :]
+    return re.sub(r"^.*/lib/python3\.\d+/", "", path)
+
+
+def short_frame(frame: str) -> str:
+    """'Session.run (/x/site-packages/onnxruntime/capi/y.py:406)' -> 'Session.run (onnxruntime/capi/y.py:406)'."""
+    line = re.search(r":(\d+)\)$", frame)
+    return f"{frame.split(' (', 1)[0]} ({frame_path(frame)}{':' + line.group(1) if line else ''})"
+
+
+def frame_layer(frame: str) -> str:
+    """A py-spy frame with its full file name -> its layer ('ONNX Runtime', ...)."""
+    top = frame_path(frame).split("/")[0].removesuffix(".py")
     if top.startswith("opentelemetry"):
         top = "opentelemetry"
     return LAYERS.get(top, "other (Python's standard library and the rest)")
 
 
+# Innermost frames of a thread that waits: the event loop in uvloop's C loop (or select), a
+# pool thread for its next batch.
+WAITING = ("Runner.run (", "BaseEventLoop.run_forever (", "select (", "_worker (")
+
+
 def summarize_profile(raw: str, top: int = 12) -> dict:
-    """py-spy's raw output ("frame;frame;... count" per line) -> {"samples", "layers": [(layer,
-    share)], "functions": [(frame, share)]}, by where each sample was (its innermost frame)."""
-    layers, functions, total = {}, {}, 0
+    """py-spy's raw output ("frame;frame;... count" per line) -> per thread ("event loop", and
+    "batch" for the batchers' pool threads): its samples, the share spent waiting, and the
+    shares of the rest by layer and by function, each sample counted at its innermost frame."""
+    threads: dict[str, dict] = {}
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        leaf, n = stack.split(";")[-1], int(count)
-        total += n
-        layers[frame_layer(leaf)] = layers.get(frame_layer(leaf), 0) + n
-        functions[leaf] = functions.get(leaf, 0) + n
-    if not total:
-        return {"samples": 0, "layers": [], "functions": []}
+        frames, n = stack.split(";"), int(count)
+        name = "batch" if any("concurrent/futures/thread.py" in f for f in frames) else "event loop"
+        thread = threads.setdefault(name, {"samples": 0, "waiting": 0, "layers": {}, "functions": {}})
+        thread["samples"] += n
+        leaf = frames[-1]
+        if leaf.startswith(WAITING):
+            thread["waiting"] += n
+            continue
+        thread["layers"][frame_layer(leaf)] = thread["layers"].get(frame_layer(leaf), 0) + n
+        thread["functions"][short_frame(leaf)] = thread["functions"].get(short_frame(leaf), 0) + n
 
-    def shares(counts: dict) -> list[tuple[str, float]]:
+    def shares(counts: dict, total: int) -> list[tuple[str, float]]:
         return [(key, n / total) for key, n in sorted(counts.items(), key=lambda item: -item[1])]
 
-    return {"samples": total, "layers": shares(layers), "functions": shares(functions)[:top]}
+    out = {}
+    for name, t in sorted(threads.items(), key=lambda item: item[0] != "event loop"):
+        busy = t["samples"] - t["waiting"]
+        out[name] = {
+            "samples": t["samples"],
+            "waiting": t["waiting"] / t["samples"],
+            "layers": shares(t["layers"], busy) if busy else [],
+            "functions": shares(t["functions"], busy)[:top] if busy else [],
+        }
+    return {"samples": sum(t["samples"] for t in threads.values()), "threads": out}
 
 
 def worker_pids(server: Server) -> list[int]:
@@ -1186,22 +1214,32 @@ def http_sections(data: dict, plots: dict[str, str]) -> list[str]:
 
 
 def profile_section(profile: dict | None) -> list[str]:
-    lines = ["## Where the time goes", ""]
     if not profile:
         return []
+    lines = ["## Where the time goes", ""]
     if "missing" in profile:
         return lines + [f"Not profiled: {profile['missing']}.", ""]
     lines += [
         f"py-spy sampled the worker of the `batching on` server 100 times a second for {profile['seconds']} s "
-        f"while wrk drove `/classify` cnn at c={profile['concurrency']} ({profile['samples']} samples, "
-        "each counted where it was: its innermost frame). The worker is one process on one core, "
-        "so these shares are the shares of its time.",
-        "",
-        markdown_table(["layer", "share"], [[layer, f"{100 * share:.1f}%"] for layer, share in profile["layers"]]),
-        "",
-        markdown_table(["function (innermost frame)", "share"], [[f"`{frame}`", f"{100 * share:.1f}%"] for frame, share in profile["functions"]]),
+        f"while wrk drove `/classify` cnn at c={profile['concurrency']} ({profile['samples']} samples of busy threads). "
+        "The event-loop thread does all of the HTTP, parsing and answering; the batchers run ONNX Runtime "
+        "on a thread of their own, which releases the GIL. Each sample is counted at its innermost frame; "
+        "shares are of the samples in which the thread was not waiting.",
         "",
     ]
+    for name, thread in profile["threads"].items():
+        lines += [
+            f"**{name} thread**: {thread['samples']} samples, {100 * thread['waiting']:.0f}% of them waiting "
+            "(for the network, or for the next batch).",
+            "",
+            markdown_table(["layer", "share"], [[layer, f"{100 * share:.1f}%"] for layer, share in thread["layers"]]),
+            "",
+        ]
+        if name == "event loop":
+            lines += [
+                markdown_table(["function (innermost frame)", "share"], [[f"`{frame}`", f"{100 * share:.1f}%"] for frame, share in thread["functions"]]),
+                "",
+            ]
     return lines
 
 

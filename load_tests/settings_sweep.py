@@ -1,99 +1,65 @@
 """Which worker, thread and batching settings serve best on this machine?
 
-Starts the service once per setting on a free loopback port (on the models in $BENTOML_HOME),
-sends the same bounded load to each, and prints throughput and latency side by side:
+Starts the service once per setting on a free loopback port (on the models in $BENTOML_HOME)
+and drives the same endpoints with wrk, as `make bench` does, side by side:
 
-    python -m load_tests.settings_sweep [--requests 800] [--concurrency 32]
+    python -m load_tests.settings_sweep [--seconds 10] [--concurrency 32]
 
-The client is one asyncio process on the same machine: the figures compare settings with
-each other, not with a server that has the machine to itself.
+wrk is one C thread on the same machine (the benchmark shows it takes under a tenth of a core):
+the figures compare settings with each other.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import time
+import tempfile
 
-import httpx
-import numpy as np
-
-from load_tests.server import running
+from load_tests import bench
 
 SETTINGS = [
-    {"MODELSERVE_WORKERS": "1", "MODELSERVE_ORT_THREADS": "1", "MODELSERVE_MAX_LATENCY_MS": "500"},
-    {"MODELSERVE_WORKERS": "1", "MODELSERVE_ORT_THREADS": "1", "MODELSERVE_MAX_LATENCY_MS": "5000"},
-    {"MODELSERVE_WORKERS": "1", "MODELSERVE_ORT_THREADS": "2", "MODELSERVE_MAX_LATENCY_MS": "5000"},
-    {"MODELSERVE_WORKERS": "2", "MODELSERVE_ORT_THREADS": "1", "MODELSERVE_MAX_LATENCY_MS": "5000"},
-    {"MODELSERVE_WORKERS": "2", "MODELSERVE_ORT_THREADS": "1", "MODELSERVE_MAX_LATENCY_MS": "5000", "MODELSERVE_MAX_BATCH": "16"},
+    {},  # the defaults: 1 worker, 1 ONNX Runtime thread, no batch wait
+    {"MODELSERVE_ORT_THREADS": "2"},
+    {"MODELSERVE_WORKERS": "2"},
+    {"MODELSERVE_BATCH_WAIT_MS": "2"},
+    {"MODELSERVE_MAX_BATCH": "1"},
 ]
+ENDPOINTS = ("classify", "sentiment")
 
 
-def payloads() -> list[tuple[str, dict]]:
-    """A mix of the hot paths: single-image classification on each classifier and sentiment."""
-    rng = np.random.default_rng(0)
-    image = {"images": np.round(rng.random((1, 28, 28)), 3).tolist()}
-    return [
-        ("/classify", {**image, "model": "cnn"}),
-        ("/classify", {**image, "model": "resnet"}),
-        ("/classify", {**image, "model": "resnet-int8"}),
-        ("/sentiment", {"texts": ["质量很好，物流也快，非常满意"]}),
-    ]
-
-
-async def drive(url: str, total: int, concurrency: int) -> dict:
-    mix = payloads()
-    latencies: list[float] = []
-    errors = 0
-    queue = iter(range(total))
-
-    async def user(client: httpx.AsyncClient) -> None:
-        nonlocal errors
-        for i in queue:
-            path, body = mix[i % len(mix)]
-            started = time.perf_counter()
-            try:
-                response = await client.post(url + path, json=body)
-                errors += response.status_code != 200
-            except httpx.HTTPError:  # a dropped connection counts as an error, not a crash
-                errors += 1
-            latencies.append(time.perf_counter() - started)
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        for path, body in mix * 5:  # warm-up, not counted
-            await client.post(url + path, json=body)
-        started = time.perf_counter()
-        await asyncio.gather(*(user(client) for _ in range(concurrency)))
-        seconds = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
-    return {
-        "requests_per_second": total / seconds,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "errors": errors,
-    }
+def label(setting: dict) -> str:
+    return ", ".join(f"{k.removeprefix('MODELSERVE_').lower()}={v}" for k, v in setting.items()) or "defaults"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=800)
+    parser.add_argument("--seconds", type=int, default=10, help="measured seconds per endpoint and setting")
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
+    payloads = bench.make_payloads(bench.Store())
+    endpoints = [ep for ep in bench.ENDPOINTS if ep.key in ENDPOINTS]
     rows = []
-    for setting in SETTINGS:
-        with running(setting) as url:
-            result = asyncio.run(drive(url, args.requests, args.concurrency))
-        rows.append({**setting, **result})
-        label = ", ".join(f"{k.removeprefix('MODELSERVE_').lower()}={v}" for k, v in setting.items())
-        print(f"{label:<40} {result['requests_per_second']:7.1f} req/s  p50 {result['p50_ms']:6.1f} ms  "
-              f"p99 {result['p99_ms']:6.1f} ms  errors {result['errors']}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="modelserve-sweep-") as workdir:
+        for setting in SETTINGS:
+            server = bench.Server("bentoml", setting, workdir)
+            try:
+                for ep in endpoints:
+                    body_file = os.path.join(workdir, ep.body)
+                    with open(body_file, "wb") as f:
+                        f.write(getattr(payloads, ep.body))
+                    content_type = payloads.image_form_type if ep.content_type == "form" else ep.content_type
+                    bench.run_wrk(server.url + ep.path, body_file, content_type, args.concurrency, 2)  # warm-up
+                    figures, _ = bench.run_wrk(server.url + ep.path, body_file, content_type, args.concurrency, args.seconds)
+                    rows.append({"setting": label(setting), "endpoint": ep.path, **figures})
+                    print(f"{label(setting):<24} {ep.path:<12} {figures['rps_ok']:7.1f} req/s  p50 {figures['p50_ms']:6.1f} ms  "
+                          f"p99 {figures['p99_ms']:6.1f} ms  non-2xx {figures['non2xx']}  errors {figures['socket_errors']}", flush=True)
+            finally:
+                server.stop()
     folder = os.environ.get("REPORTS_DIR", "reports")
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "settings_sweep.json"), "w") as f:
-        json.dump({"requests": args.requests, "concurrency": args.concurrency, "cpus": os.cpu_count(), "rows": rows}, f, indent=1)
+        json.dump({"seconds": args.seconds, "concurrency": args.concurrency, "cpus": os.cpu_count(), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

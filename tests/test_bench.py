@@ -153,3 +153,39 @@ def test_the_wrk_script_prints_what_parse_wrk_reads():
     assert bench.WRK_JSON_PREFIX.strip() in script
     for key in ("duration_us", "requests", "errors", "latency_us", "statuses", "p50", "p95", "p99"):
         assert f'"{key}' in script
+
+
+def test_summarize_profile_splits_threads_and_counts_innermost_frames():
+    site = "/venv/lib/python3.11/site-packages"
+    stdlib = "/usr/lib/python3.11"
+    loop = f"Runner.run ({stdlib}/asyncio/runners.py:118)"
+    pool = f"_worker ({stdlib}/concurrent/futures/thread.py:81)"
+    raw = "\n".join(
+        [
+            f"{loop};validate ({site}/pydantic/main.py:847) 6",
+            f"{loop};classify ({bench.ROOT}/service/service.py:249) 3",
+            f"{loop};trace ({site}/opentelemetry/sdk/trace/__init__.py:10) 1",
+            f"{loop} 10",  # the event loop waiting
+            f"{pool};run ({site}/onnxruntime/capi/session.py:406) 4",
+            f"{pool} 4",  # the pool thread waiting for a batch
+            "not a line",
+        ]
+    )
+    summary = bench.summarize_profile(raw)
+    assert summary["samples"] == 28
+    event_loop, batch = summary["threads"]["event loop"], summary["threads"]["batch"]
+    assert list(summary["threads"]) == ["event loop", "batch"]
+    assert (event_loop["samples"], event_loop["waiting"]) == (20, 0.5)
+    assert event_loop["layers"] == [
+        ("pydantic (request parsing and validation)", 0.6),
+        ("modelserve's own code (service/)", 0.3),
+        ("OpenTelemetry (BentoML's tracing middleware)", 0.1),
+    ]
+    assert event_loop["functions"][0] == ("validate (pydantic/main.py:847)", 0.6)
+    assert event_loop["functions"][1] == ("classify (service/service.py:249)", 0.3)
+    assert (batch["samples"], batch["waiting"], batch["layers"]) == (8, 0.5, [("ONNX Runtime", 1.0)])
+
+
+def test_profile_section_says_why_there_is_no_profile():
+    assert bench.profile_section(None) == []
+    assert "py-spy not installed" in "\n".join(bench.profile_section({"missing": "py-spy not installed"}))
