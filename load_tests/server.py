@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,11 +24,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def home_of_its_own(parent: str | None = None) -> str:
+    """A new BENTOML_HOME whose `models` is a link to the current store's. `bentoml serve`
+    empties $BENTOML_HOME/prometheus_multiproc_dir when it starts, and every server on a home
+    writes its metrics there: two servers on one home would mix and zero each other's."""
+    home = tempfile.mkdtemp(prefix="bentoml-home-", dir=parent)
+    store = os.path.join(os.environ.get("BENTOML_HOME", os.path.expanduser("~/bentoml")), "models")
+    os.symlink(os.path.abspath(store), os.path.join(home, "models"))
+    return home
+
+
 def start(env_overrides: dict | None = None, log_dir: str | None = None) -> tuple[subprocess.Popen, str]:
-    """`bentoml serve` on a free loopback port; its output goes to a file (a pipe nobody reads
-    would fill up and block the server)."""
+    """`bentoml serve` on a free loopback port, on a home of its own over the store's models
+    unless BENTOML_HOME is given; its output goes to a file (a pipe nobody reads would fill up
+    and block the server)."""
     port = free_port()
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **(env_overrides or {})}
+    own_home = None if "BENTOML_HOME" in (env_overrides or {}) else home_of_its_own(log_dir)
+    if own_home:
+        env["BENTOML_HOME"] = own_home
     log = tempfile.NamedTemporaryFile(prefix="bentoml-serve-", suffix=".log", dir=log_dir, delete=False)
     process = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "service.service:ModelServe", "--host", "127.0.0.1", "--port", str(port)],
@@ -37,7 +52,7 @@ def start(env_overrides: dict | None = None, log_dir: str | None = None) -> tupl
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    process.log_path = log.name
+    process.log_path, process.own_home = log.name, own_home
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -62,7 +77,8 @@ def wait_ready(process: subprocess.Popen, url: str, seconds: float = START_SECON
 
 
 def stop(process: subprocess.Popen) -> str:
-    """Stop the whole process group (the server and its workers); returns what it printed."""
+    """Stop the whole process group (the server and its workers), remove the home start() made
+    for it (its link to the store's models, not the models); returns what it printed."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -70,6 +86,8 @@ def stop(process: subprocess.Popen) -> str:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+    if getattr(process, "own_home", None):
+        shutil.rmtree(process.own_home, ignore_errors=True)
     return output(process)
 
 

@@ -16,10 +16,7 @@ import argparse
 import io
 import itertools
 import json
-import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -81,19 +78,8 @@ def requests_mix():
     return itertools.cycle(mix)
 
 
-def home_of_its_own(parent: str | None = None) -> str:
-    """A new BENTOML_HOME whose `models` is a link to the current store's. `bentoml serve`
-    empties $BENTOML_HOME/prometheus_multiproc_dir when it starts: a second server on the same
-    home would zero the metrics of one already running there."""
-    home = tempfile.mkdtemp(prefix="bentoml-home-", dir=parent)
-    store = os.path.join(os.environ.get("BENTOML_HOME", os.path.expanduser("~/bentoml")), "models")
-    os.symlink(os.path.abspath(store), os.path.join(home, "models"))
-    return home
-
-
 def run(minutes: float = 5, concurrency: int = 8, workers: int = 2, warmup_s: float = 30, log_dir: str | None = None, env: dict | None = None) -> dict:
-    home = home_of_its_own(log_dir)
-    process, url = start({"MODELSERVE_WORKERS": str(workers), "BENTOML_HOME": home, **(env or {})}, log_dir)
+    process, url = start({"MODELSERVE_WORKERS": str(workers), **(env or {})}, log_dir)
     report = {"minutes": minutes, "concurrency": concurrency, "workers": workers, "requests": 0, "errors": 0, "error_samples": [], "rss_samples": []}
     try:
         wait_ready(process, url)
@@ -138,7 +124,6 @@ def run(minutes: float = 5, concurrency: int = 8, workers: int = 2, warmup_s: fl
             report["error_samples"].append("/readyz did not answer 200 after the run")
     finally:
         stop(process)
-        shutil.rmtree(home, ignore_errors=True)
     report["rss_growth"] = report["rss_end"] / report["rss_start"] - 1
     return report
 

@@ -594,9 +594,7 @@ TIGHT_BODY_BYTES = 200_000
 @pytest.fixture(scope="module")
 def tight(smoke_store):
     """(url, process): 1 worker, 2 requests at a time, 2 s, 200 kB, three API keys, /metrics
-    protected. Its own BENTOML_HOME (the test store's models linked): `bentoml serve` empties
-    $BENTOML_HOME/prometheus_multiproc_dir when it starts, which would zero the shared server's
-    metrics."""
+    protected. On a home of its own, like every server the launcher starts."""
     keys_file = Path(_scratch) / "api-keys"
     keys_file.write_text(f"# test keys\n{FILE_KEY}\n")
     env = {
@@ -608,7 +606,7 @@ def tight(smoke_store):
         "MODELSERVE_API_KEYS_FILE": str(keys_file),
         "MODELSERVE_PROTECT_METRICS": "true",
     }
-    process, url = launcher.start({**env, "BENTOML_HOME": soak.home_of_its_own(_scratch)}, log_dir=_scratch)
+    process, url = launcher.start(env, log_dir=_scratch)
     try:
         launcher.wait_ready(process, url)
         yield url, process
