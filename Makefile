@@ -62,7 +62,7 @@ loadtest: setup
 slo: setup
 	$(PY) -m load_tests.slo $(LOADTEST_DIR)/locust_stats.csv
 
-# Benchmark on the stored models: reports/bench.md, bench.json and PNG plots, about 12 minutes
+# Benchmark on the stored models: reports/bench.md, bench.json and PNG plots, about 10 minutes
 # (`make bench BENCH_ARGS=--quick` for a short run). The load generator is wrk, from apt.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BENCH_ARGS ?=
