@@ -12,8 +12,6 @@ ENDPOINTS = [
     "/classify cnn", "/classify resnet", "/classify resnet-int8", "/classify/image", "/sentiment", "/gan/generate",
     "/vae/sample", "/vae/reconstruct", "/vae/interpolate", "/vae/interpolate/images", "/models",
 ]
-# Smoke models on a busy 2-core CI box: the bounds catch a hang, not a slow machine.
-SMOKE_SLO = "[default]\np50_ms = 10000\np95_ms = 30000\np99_ms = 30000\nmax_error_rate = 0.0\n"
 COLUMNS = ["Type", "Name", "Request Count", "Failure Count", "Median Response Time", "Average Response Time",
            "Min Response Time", "Max Response Time", "Average Content Size", "Requests/s", "Failures/s",
            "50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%"]
@@ -43,9 +41,8 @@ def test_locust_smoke_run_covers_every_endpoint_and_passes_the_gate(server, tmp_
         assert int(stats[name]["Failure Count"]) == 0, f"{name}:\n{failures}"
     assert sorted(stats) == sorted(ENDPOINTS)
 
-    bounds = tmp_path / "smoke-slo.toml"
-    bounds.write_text(SMOKE_SLO)
-    table, violations = slo.check(prefix + "_stats.csv", str(bounds))
+    table, violations = slo.check(prefix + "_stats.csv")  # the bounds of `make slo`, load_tests/slo.toml
+    print("\n" + table)
     assert violations == [], table
     assert table.count("PASS") == len(ENDPOINTS)
 
