@@ -572,23 +572,6 @@ def get(url: str, timeout: float = 2.0):
     return requests.get(url, timeout=timeout)
 
 
-def wait_ready(process: subprocess.Popen, url: str, started: float, limit_s: float = 120.0, log: str | None = None) -> float:
-    """Seconds from `started` (just before the process was created) to the first /readyz 200."""
-    import requests
-
-    while time.perf_counter() - started < limit_s:
-        if process.poll() is not None:
-            tail = open(log, errors="replace").read()[-3000:] if log else ""
-            raise RuntimeError(f"server exited with {process.returncode} before it was ready:\n{tail}")
-        try:
-            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return time.perf_counter() - started
-        except (requests.ConnectionError, requests.Timeout):
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} not ready within {limit_s} s")
-
-
 class Server:
     """A started server process (bentoml serve, or the naive uvicorn app), in its own session."""
 
@@ -613,8 +596,9 @@ class Server:
                 start_new_session=True,
             )
             os.close(fd)
+            self.process.log_path = self.log
         try:
-            self.ready_s = wait_ready(self.process, self.url, started, log=self.log)
+            self.ready_s = launcher.wait_ready(self.process, self.url, seconds=120, started=started, poll_s=0.05)
         except BaseException:
             self.stop()
             raise

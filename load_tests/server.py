@@ -61,19 +61,22 @@ def output(process: subprocess.Popen) -> str:
         return f.read()
 
 
-def wait_ready(process: subprocess.Popen, url: str, seconds: float = START_SECONDS) -> float:
-    """Seconds until /readyz answered 200; raises with the server's output if it died or timed out."""
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
+def wait_ready(
+    process: subprocess.Popen, url: str, seconds: float = START_SECONDS, started: float | None = None, poll_s: float = 0.2
+) -> float:
+    """Seconds from `started` (a time.perf_counter() taken before the process was created; by
+    default now) until /readyz answered 200; raises with the server's output if it died or timed out."""
+    started = time.perf_counter() if started is None else started
+    while time.perf_counter() - started < seconds:
         if process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{output(process)[-5000:]}")
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{output(process)[-5000:]}")
         try:
             if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return time.monotonic() - started
+                return time.perf_counter() - started
         except (requests.ConnectionError, requests.Timeout):
             pass
-        time.sleep(0.2)
-    raise RuntimeError(f"bentoml serve was not ready within {seconds} s:\n{output(process)[-5000:]}")
+        time.sleep(poll_s)
+    raise RuntimeError(f"the server was not ready within {seconds} s:\n{output(process)[-5000:]}")
 
 
 def stop(process: subprocess.Popen) -> str:
