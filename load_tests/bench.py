@@ -16,7 +16,6 @@ and reported beside the server's, to show the client was not the bottleneck.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import io
 import json
@@ -396,12 +395,9 @@ def ort_session(path: str):
     """The service's session settings (service/runtime.py) with one intra-op thread."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    from service.runtime import session_options
+
+    return ort.InferenceSession(path, session_options(1), providers=["CPUExecutionProvider"])
 
 
 def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 3) -> dict[str, dict]:
@@ -607,37 +603,9 @@ class Server:
         return process_tree_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
-        """SIGTERM to the server's process group, then to anything it started that is still
-        alive (BentoML's workers have process groups of their own); SIGKILL after 20 s."""
-        if self.process.poll() is not None:
-            return
-        tree = [pid for pid in process_tree(self.process.pid, read_proc_stats()) if pid != self.process.pid]
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        deadline = time.monotonic() + 10
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            alive = [pid for pid in tree if running(pid)]
-            for pid in alive:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            while alive and time.monotonic() < deadline:
-                time.sleep(0.1)
-                alive = [pid for pid in alive if running(pid)]
-            if not alive:
-                break
+        from load_tests import server as launcher
 
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+        launcher.stop(self.process)
 
 
 def children_cpu_seconds() -> float:
@@ -1205,15 +1173,15 @@ def profile_section(profile: dict | None) -> list[str]:
         return lines + [f"Not profiled: {profile['missing']}.", ""]
     lines += [
         f"py-spy sampled the worker of the `batching on` server 100 times a second for {profile['seconds']} s "
-        f"while wrk drove `/classify` cnn at c={profile['concurrency']} ({profile['samples']} samples of busy threads). "
+        f"while wrk drove `/classify` cnn at c={profile['concurrency']} ({profile['samples']} samples; py-spy leaves out those it judges idle, without `--idle`). "
         "The event-loop thread does all of the HTTP, parsing and answering; the batchers run ONNX Runtime "
         "on a thread of their own, which releases the GIL. Each sample is counted at its innermost frame; "
-        "shares are of the samples in which the thread was not waiting.",
+        "shares are of the samples in which the thread was not in a waiting frame; the waiting shares are lower bounds.",
         "",
     ]
     for name, thread in profile["threads"].items():
         lines += [
-            f"**{name} thread**: {thread['samples']} samples, {100 * thread['waiting']:.0f}% of them waiting "
+            f"**{name} thread**: {thread['samples']} samples, {100 * thread['waiting']:.0f}% of them in a waiting frame "
             "(for the network, or for the next batch).",
             "",
             markdown_table(["layer", "share"], [[layer, f"{100 * share:.1f}%"] for layer, share in thread["layers"]]),

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 
+import psutil
 import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,16 +80,36 @@ def wait_ready(
     raise RuntimeError(f"the server was not ready within {seconds} s:\n{output(process)[-5000:]}")
 
 
+def is_alive(process: psutil.Process) -> bool:
+    """Alive and not a zombie."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def stop(process: subprocess.Popen) -> str:
-    """Stop the whole process group (the server and its workers), remove the home start() made
-    for it (its link to the store's models, not the models); returns what it printed."""
+    """SIGTERM to the server's process group, SIGKILL after 20 s; then the same to whatever it
+    had started that is still alive (BentoML's workers run in sessions of their own, out of the
+    group). Removes the home start() made for it (its link to the store's models, not the
+    models); returns what it printed."""
     if process.poll() is None:
+        try:
+            started = psutil.Process(process.pid).children(recursive=True)
+        except psutil.Error:
+            started = []
         os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            alive = [child for child in started if is_alive(child)]
+            for child in alive:
+                with contextlib.suppress(psutil.Error):
+                    child.send_signal(sig)
+            _, started = psutil.wait_procs(alive, timeout=10)
     if getattr(process, "own_home", None):
         shutil.rmtree(process.own_home, ignore_errors=True)
     return output(process)

@@ -10,8 +10,9 @@ names, with two rewrites by the exporter that this undoes:
 - an LSTM's input weights and both biases are stored in ONNX gate order (i, o, f, c) as LSTM
   node inputs; PyTorch wants (i, f, g, o).
 
-`rebuild` checks the result against ONNX Runtime on the stored eval inputs (`parity`), so a
-wrong mapping shows up as a large difference, never as a silently different model.
+`parity` compares a rebuilt module with ONNX Runtime on the same inputs; the benchmark runs it
+for every module it times and leaves out the PyTorch figures of one that differs, so a wrong
+mapping shows up as a large difference, never as a silently different model.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ CHECKED_BY = "MODELSERVE_STORE_CHECKED_BY"
 def check_store_once(names) -> None:
     """check_stored_models in the `bentoml serve` process, when it imports the service. A model
     that fails there stops the server with its message and a non-zero exit; a failure in a
-    worker only makes BentoML start the worker again, forever. The workers, children of that
+    worker would only make `bentoml serve` start the worker again, forever (outside a container). The workers, children of that
     process, inherit its mark and skip the check: each loads (and checks) every model anyway."""
     if os.environ.get(CHECKED_BY) == str(os.getppid()):
         return

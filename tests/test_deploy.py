@@ -4,7 +4,6 @@ every dashboard query."""
 
 import contextlib
 import glob
-import hashlib
 import json
 import math
 import os
@@ -17,12 +16,14 @@ import tarfile
 import time
 import tomllib
 
+import psutil
 import pytest
 import requests
 import yaml
 
 from conftest import ROOT
 from load_tests.server import free_port, stop, wait_ready
+from modelspec import sha256_file
 from service.guard import Settings
 
 DEPLOY = os.path.join(ROOT, "deploy")
@@ -35,11 +36,6 @@ def run(command: list[str], timeout: float, **kwargs) -> str:
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
     assert result.returncode == 0, f"{' '.join(command)} exited with {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
-
-
-def sha256_file(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def requirement_name(line: str) -> str:
@@ -158,10 +154,10 @@ def build_stand_in_base(workdir: str) -> None:
 def stop_container(process: subprocess.Popen) -> None:
     """SIGTERM to the bentoml server in the container first: `buildah run` ends its child abruptly,
     which would leave the server's workers (their own sessions) running."""
-    found = subprocess.run(["pgrep", "-g", str(process.pid), "-f", "bentoml serve"], capture_output=True, text=True)
-    for pid in found.stdout.split():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGTERM)
+    for found in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(found.pid) == process.pid and "bentoml serve" in " ".join(found.info["cmdline"] or []):
+                found.send_signal(signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=30)
     stop(process)
