@@ -841,25 +841,14 @@ def summarize_profile(raw: str, top: int = 12) -> dict:
     return {"samples": sum(t["samples"] for t in threads.values()), "threads": out}
 
 
-def worker_pids(server: Server) -> list[int]:
-    """The BentoML worker processes under a server."""
-    found = []
-    for pid in process_tree(server.process.pid, read_proc_stats()):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"_bentoml_impl.worker" in f.read():
-                    found.append(pid)
-        except OSError:
-            pass
-    return found
-
-
 def profile_under_load(server: Server, ep: Endpoint, content_type: str, body_file: str, c: int, seconds: int = PROFILE_SECONDS) -> dict:
     """py-spy samples the worker (100 Hz, non-blocking) while wrk drives `ep` at concurrency c."""
     py_spy = shutil.which("py-spy") or shutil.which(os.path.join(os.path.dirname(sys.executable), "py-spy"))
     if not py_spy:
         return {"missing": "py-spy not installed (pip install -e '.[bench]')"}
-    pids = worker_pids(server)
+    from load_tests.server import workers
+
+    pids = [worker.pid for worker in workers(server.process)]
     if len(pids) != 1:
         return {"missing": f"expected one worker, found {len(pids)}"}
     env = {**os.environ, "WRK_BODY_FILE": body_file, "WRK_CONTENT_TYPE": content_type}

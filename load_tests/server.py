@@ -88,6 +88,18 @@ def is_alive(process: psutil.Process) -> bool:
         return False
 
 
+def workers(process: subprocess.Popen) -> list[psutil.Process]:
+    """The live BentoML worker processes under a server."""
+    found = []
+    for child in psutil.Process(process.pid).children(recursive=True):
+        try:
+            if "_bentoml_impl.worker" in " ".join(child.cmdline()) and is_alive(child):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
+
+
 def stop(process: subprocess.Popen) -> str:
     """SIGTERM to the server's process group, SIGKILL after 20 s; then the same to whatever it
     had started that is still alive (BentoML's workers run in sessions of their own, out of the

@@ -695,23 +695,16 @@ def test_after_a_burst_the_service_serves_normally(tight):
         good_request_works(url, auth())
 
 
-def workers_of(process) -> list[psutil.Process]:
-    return [
-        child for child in psutil.Process(process.pid).children(recursive=True)
-        if "_bentoml_impl.worker" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE
-    ]
-
-
 def test_a_worker_killed_with_sigkill_is_replaced(tight):
     url, process = tight
-    (worker,) = workers_of(process)
+    (worker,) = launcher.workers(process)
     started = time.monotonic()
     os.kill(worker.pid, signal.SIGKILL)
     recovered = None
     while time.monotonic() - started < 90:
         try:
             answer = requests.post(f"{url}/classify", json={"images": [ZERO_IMAGE]}, headers=auth(), timeout=10)
-            new = [w.pid for w in workers_of(process)]
+            new = [w.pid for w in launcher.workers(process)]
             if answer.status_code == 200 and new and worker.pid not in new:
                 recovered = time.monotonic() - started
                 break
