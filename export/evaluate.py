@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.judge import judge_samples
-from modelspec import GraphSpec, ModelSpec
+from modelspec import GENERATIVE_TASKS, GraphSpec, ModelSpec
 
 BATCH = 256
 
@@ -38,7 +38,7 @@ def graph_feeds(graph: GraphSpec, arrays: dict[str, np.ndarray]) -> dict[str, np
 def evaluate(spec: ModelSpec, folder: str, arrays: dict[str, np.ndarray], judge_path: str | None = None) -> dict:
     if spec.task.endswith("classification"):
         return classification_metrics(spec, folder, arrays)
-    if spec.task == "image-generation":
+    if spec.task in GENERATIVE_TASKS:
         if judge_path is None:
             raise ValueError(f"{spec.name}: judging generated samples needs the cnn model")
         return generation_metrics(spec, folder, arrays, judge_path)

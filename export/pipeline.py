@@ -14,7 +14,7 @@ from export import store
 from export.evaluate import evaluate, floor_failure
 from export.onnx_export import export_graph, verify_parity
 from export.recipe import Trained, TrainOptions
-from modelspec import SPECS, ModelSpec
+from modelspec import GENERATIVE_TASKS, SPECS, ModelSpec
 
 
 class FloorError(RuntimeError):
@@ -40,7 +40,7 @@ def recipes() -> dict[str, Callable[[TrainOptions], Trained]]:
 
 def judge_path(spec: ModelSpec) -> str | None:
     """Generated digits are judged by the latest stored cnn."""
-    if spec.task != "image-generation":
+    if spec.task not in GENERATIVE_TASKS:
         return None
     judge = store.latest("cnn")
     if judge is None:

@@ -11,6 +11,14 @@ from typing import Any
 OPSET = 18
 DIGIT_LABELS = [str(d) for d in range(10)]
 
+# Every model is served through the contract of its task (service/tasks.py), never by its name.
+IMAGE_CLASSIFICATION = "image-classification"
+TEXT_CLASSIFICATION = "text-classification"
+IMAGE_GENERATION = "image-generation"  # latent (and optionally a class) -> images
+AUTOENCODER = "variational-autoencoder"  # an encoder.onnx and a decoder.onnx
+TENSOR = "tensor"  # any graph: tensors in, tensors out (V2 and /infer/NAME only)
+GENERATIVE_TASKS = (IMAGE_GENERATION, AUTOENCODER)
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -165,7 +173,7 @@ GAN_LATENT = 100
 def _classifier(name: str, description: str, floor: Floor) -> ModelSpec:
     return ModelSpec(
         name=name,
-        task="digit-classification",
+        task=IMAGE_CLASSIFICATION,
         input_kind="image",
         description=description,
         graphs=(GraphSpec("model.onnx", (_image(),), (_logits(10),)),),
@@ -187,7 +195,7 @@ SPECS: dict[str, ModelSpec] = {
     ),
     "sentiment": ModelSpec(
         name="sentiment",
-        task="sentiment-classification",
+        task=TEXT_CLASSIFICATION,
         input_kind="text",
         description="Character embedding + bidirectional LSTM, beside a hashed character 1-3-gram bag, sentiment classifier (Chinese reviews).",
         graphs=(
@@ -206,7 +214,7 @@ SPECS: dict[str, ModelSpec] = {
     ),
     "vae": ModelSpec(
         name="vae",
-        task="image-generation",
+        task=AUTOENCODER,
         input_kind="latent",
         description=f"Convolutional VAE of digits, latent size {VAE_LATENT}.",
         graphs=(
@@ -228,7 +236,7 @@ SPECS: dict[str, ModelSpec] = {
     ),
     "gan": ModelSpec(
         name="gan",
-        task="image-generation",
+        task=IMAGE_GENERATION,
         input_kind="latent",
         description=f"DCGAN generator of digits, latent size {GAN_LATENT}.",
         graphs=(
@@ -241,6 +249,9 @@ SPECS: dict[str, ModelSpec] = {
         preprocessing=dict(IMAGE_PREPROCESSING, latent_size=GAN_LATENT),
     ),
 }
+
+# The model a task's endpoints use when a request names none.
+DEFAULT_MODEL = {IMAGE_CLASSIFICATION: "cnn", TEXT_CLASSIFICATION: "sentiment", IMAGE_GENERATION: "gan", AUTOENCODER: "vae"}
 
 # The order that satisfies dependencies: int8 quantizes resnet, the generators are judged by cnn.
 EXPORT_ORDER = ["cnn", "resnet", "resnet-int8", "sentiment", "vae", "gan"]
