@@ -144,6 +144,14 @@ def _latent(size: int) -> TensorSpec:
     return TensorSpec("z", "float32", (-1, size), "normal")
 
 
+# How an image classifier's input is made, read by the serving contract (service/tasks.py):
+# - size [H, W] and channels (1 or 3), layout NCHW;
+# - value_range [lo, hi]: pixel intensities in [0, 1] are mapped linearly onto it, then
+#   mean and std (one value per channel, optional) normalise: (x - mean) / std;
+# - polarity: light_on_dark (an upload with a light border is inverted), dark_on_light, as_is;
+# - framing: crop_to_content (crop to the ink, centre it in a square with `content_margin`,
+#   average down to `source_size`, then resize) or resize (the whole image, as it is);
+# - resample: bilinear, box or nearest.
 # Pixels in [0, 1], ink bright on a dark background, 28x28. Export adds `source_size`, the
 # resolution of the training images, so a serving transform can match their level of detail.
 IMAGE_PREPROCESSING = {
@@ -151,6 +159,7 @@ IMAGE_PREPROCESSING = {
     "channels": 1,
     "value_range": [0.0, 1.0],
     "polarity": "light_on_dark",
+    "framing": "crop_to_content",
     "resample": "bilinear",
 }
 
