@@ -33,9 +33,9 @@ class ClientError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-def answers_client_errors(endpoint: str, model: str | None = None):
+def answers_client_errors(endpoint: str, default_model: str | None = None):
     """Turn a ClientError raised by an API method into its JSON response, and count it under
-    the endpoint's model (or the one its `model` argument names) and that model's version."""
+    the model its `model` argument names (or the endpoint's default) and that model's version."""
 
     def decorate(func):
         @functools.wraps(func)
@@ -43,8 +43,9 @@ def answers_client_errors(endpoint: str, model: str | None = None):
             try:
                 return await func(self, *args, **kwargs)
             except ClientError as e:
-                name = model or kwargs.get("model") or "cnn"
-                metrics.REJECTED.labels(endpoint=endpoint, model=name, version=self.models[name].version, reason=e.reason).inc()
+                name = str(kwargs.get("model") or default_model or "")
+                name = name if name in self.registry.entries else "other"  # no label per unknown name
+                metrics.REJECTED.labels(endpoint=endpoint, model=name, version=self.registry.version_of(name), reason=e.reason).inc()
                 return e.response()
 
         wrapper.__signature__ = inspect.signature(func)

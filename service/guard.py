@@ -53,6 +53,8 @@ logger = logging.getLogger("modelserve.guard")
 
 HEALTH_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v2/health/live", "/v2/health/ready"})
 METRICS_PATH = "/metrics"
+# The admin API and Triton's repository extension: admin keys only, never the client keys.
+ADMIN_PREFIXES = ("/admin/", "/v2/repository/")
 # The API documentation: the OpenAPI page, its assets and documents. It holds no secret, and a
 # browser cannot send a bearer key with a page load.
 DOCS_PATHS = frozenset({"/", "/docs.json", "/schema.json"})
@@ -97,27 +99,27 @@ def _flag(environ, name: str, default: bool = False) -> bool:
     raise GuardConfigError(f"{name}={raw!r}: expected true or false")
 
 
-def _keys(environ) -> tuple[str, ...]:
-    """MODELSERVE_API_KEYS (comma-separated) plus MODELSERVE_API_KEYS_FILE (one key a line;
-    blank lines and lines starting with # are skipped). A setting that names no key, or a file
-    that cannot be read, stops the start: the service never runs open by mistake."""
+def _keys(environ, setting: str = "MODELSERVE_API_KEYS") -> tuple[str, ...]:
+    """`setting` (comma-separated) plus `setting`_FILE (one key a line; blank lines and lines
+    starting with # are skipped). A setting that names no key, or a file that cannot be read,
+    stops the start: the service never runs open by mistake."""
     keys: list[str] = []
-    listed = environ.get("MODELSERVE_API_KEYS", "")
+    listed = environ.get(setting, "")
     if listed.strip():
         found = [k.strip() for k in listed.split(",") if k.strip()]
         if not found:
-            raise GuardConfigError("MODELSERVE_API_KEYS is set but holds no key")
+            raise GuardConfigError(f"{setting} is set but holds no key")
         keys += found
-    path = environ.get("MODELSERVE_API_KEYS_FILE", "").strip()
+    path = environ.get(f"{setting}_FILE", "").strip()
     if path:
         try:
             with open(path, encoding="utf-8") as f:
                 lines = [line.strip() for line in f]
         except (OSError, UnicodeDecodeError) as e:
-            raise GuardConfigError(f"MODELSERVE_API_KEYS_FILE={path}: cannot read it ({type(e).__name__})") from None
+            raise GuardConfigError(f"{setting}_FILE={path}: cannot read it ({type(e).__name__})") from None
         found = [line for line in lines if line and not line.startswith("#")]
         if not found:
-            raise GuardConfigError(f"MODELSERVE_API_KEYS_FILE={path}: holds no key")
+            raise GuardConfigError(f"{setting}_FILE={path}: holds no key")
         keys += found
     return tuple(dict.fromkeys(keys))
 
@@ -129,6 +131,7 @@ class Settings:
     request_timeout_s: float = 30.0  # 0: no limit
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     protect_metrics: bool = False
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_env(cls, environ=None) -> Settings:
@@ -140,6 +143,7 @@ class Settings:
             request_timeout_s=_number(environ, "MODELSERVE_REQUEST_TIMEOUT_S", defaults.request_timeout_s, kind=float),
             api_keys=_keys(environ),
             protect_metrics=_flag(environ, "MODELSERVE_PROTECT_METRICS"),
+            admin_keys=_keys(environ, "MODELSERVE_ADMIN_KEYS"),
         )
 
 
@@ -181,6 +185,7 @@ class Guard:
         self.settings = settings or SETTINGS
         self.active = 0
         self._key_digests = tuple(_digest(k.encode("utf-8")) for k in self.settings.api_keys)
+        self._admin_digests = tuple(_digest(k.encode("utf-8")) for k in self.settings.admin_keys)
         harden_bentoml()
 
     async def __call__(self, scope, receive, send) -> None:
@@ -221,7 +226,18 @@ class Guard:
 
     def _refusal(self, path: str, headers: dict[bytes, bytes]) -> ClientError | None:
         """The answer to a request refused on its headers alone, or None."""
-        if self._key_digests and self._needs_key(path) and not self._authorized(headers.get(b"authorization", b"")):
+        if path.startswith(ADMIN_PREFIXES):
+            if not self._admin_digests:
+                return ClientError(None, "the admin API is off: set MODELSERVE_ADMIN_KEYS (or MODELSERVE_ADMIN_KEYS_FILE) to turn it on", "admin_disabled", 403)
+            if not self._authorized(headers.get(b"authorization", b""), self._admin_digests):
+                return ClientError(
+                    "Authorization",
+                    "a valid admin key is required: send `Authorization: Bearer <admin key>`",
+                    "unauthorized",
+                    401,
+                    {"WWW-Authenticate": 'Bearer realm="modelserve-admin"'},
+                )
+        elif self._key_digests and self._needs_key(path) and not self._authorized(headers.get(b"authorization", b"")):
             return ClientError(
                 "Authorization",
                 "a valid API key is required: send `Authorization: Bearer <key>`",
@@ -260,13 +276,13 @@ class Guard:
             return self.settings.protect_metrics
         return True
 
-    def _authorized(self, header: bytes) -> bool:
+    def _authorized(self, header: bytes, digests: tuple[bytes, ...] | None = None) -> bool:
         scheme, _, token = header.strip().partition(b" ")
         if scheme.lower() != b"bearer" or not token.strip():
             return False
         presented = _digest(token.strip())
         match = False
-        for key in self._key_digests:  # every key, always: the time does not tell which matched
+        for key in self._key_digests if digests is None else digests:  # every key, always: the time does not tell which matched
             match |= hmac.compare_digest(presented, key)
         return match
 
