@@ -33,11 +33,14 @@ class ClientError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-def answers_client_errors(endpoint: str, default_model: str | None = None):
+def answers_client_errors(default_model: str | None = None):
     """Turn a ClientError raised by an API method into its JSON response, and count it under
-    the model its `model` argument names (or the endpoint's default) and that model's version."""
+    the method's name, the model its `model` argument names (or the endpoint's default) and
+    that model's version."""
 
     def decorate(func):
+        endpoint = func.__name__
+
         @functools.wraps(func)
         async def wrapper(self, *args, **kwargs):
             try:
@@ -46,6 +49,8 @@ def answers_client_errors(endpoint: str, default_model: str | None = None):
                 name = str(kwargs.get("model") or default_model or "")
                 name = name if name in self.registry.entries else "other"  # no label per unknown name
                 metrics.REJECTED.labels(endpoint=endpoint, model=name, version=self.registry.version_of(name), reason=e.reason).inc()
+                if "ctx" in kwargs:  # BentoML answers with the context's status when an API takes one
+                    kwargs["ctx"].response.status_code = e.status
                 return e.response()
 
         wrapper.__signature__ = inspect.signature(func)

@@ -160,7 +160,7 @@ class ModelServe:
     # Image classification.
 
     @bentoml.api(route="/classify")
-    @answers_client_errors("classify", DEFAULT_MODEL[IMAGE_CLASSIFICATION])
+    @answers_client_errors(DEFAULT_MODEL[IMAGE_CLASSIFICATION])
     async def classify(
         self,
         ctx: bentoml.Context,
@@ -176,7 +176,7 @@ class ModelServe:
         return route.answer(JSONResponse(answer))
 
     @bentoml.api(route="/classify/image")
-    @answers_client_errors("classify_image", DEFAULT_MODEL[IMAGE_CLASSIFICATION])
+    @answers_client_errors(DEFAULT_MODEL[IMAGE_CLASSIFICATION])
     async def classify_image(
         self,
         ctx: bentoml.Context,
@@ -196,7 +196,7 @@ class ModelServe:
     # Text classification.
 
     @bentoml.api(route="/sentiment")
-    @answers_client_errors("sentiment", DEFAULT_MODEL[TEXT_CLASSIFICATION])
+    @answers_client_errors(DEFAULT_MODEL[TEXT_CLASSIFICATION])
     async def sentiment(
         self,
         ctx: bentoml.Context,
@@ -237,7 +237,7 @@ class ModelServe:
         return route.answer(answer if isinstance(answer, Response) else JSONResponse(answer))
 
     @bentoml.api(route="/gan/generate")
-    @answers_client_errors("gan_generate", DEFAULT_MODEL[IMAGE_GENERATION])
+    @answers_client_errors(DEFAULT_MODEL[IMAGE_GENERATION])
     async def gan_generate(
         self,
         ctx: bentoml.Context,
@@ -254,7 +254,7 @@ class ModelServe:
     # The variational autoencoder.
 
     @bentoml.api(route="/vae/sample")
-    @answers_client_errors("vae_sample", DEFAULT_MODEL[AUTOENCODER])
+    @answers_client_errors(DEFAULT_MODEL[AUTOENCODER])
     async def vae_sample(
         self,
         ctx: bentoml.Context,
@@ -267,7 +267,7 @@ class ModelServe:
         return await self._generated(self.route(ctx, model, AUTOENCODER), "decode", n, seed, format)
 
     @bentoml.api(route="/vae/reconstruct")
-    @answers_client_errors("vae_reconstruct", DEFAULT_MODEL[AUTOENCODER])
+    @answers_client_errors(DEFAULT_MODEL[AUTOENCODER])
     async def vae_reconstruct(
         self,
         ctx: bentoml.Context,
@@ -291,7 +291,7 @@ class ModelServe:
         }))
 
     @bentoml.api(route="/vae/interpolate")
-    @answers_client_errors("vae_interpolate", DEFAULT_MODEL[AUTOENCODER])
+    @answers_client_errors(DEFAULT_MODEL[AUTOENCODER])
     async def vae_interpolate(
         self,
         ctx: bentoml.Context,
@@ -309,7 +309,7 @@ class ModelServe:
         return route.answer(Response(images.png(images.strip(pictures)), media_type="image/png"))
 
     @bentoml.api(route="/vae/interpolate/images")
-    @answers_client_errors("vae_interpolate_images", DEFAULT_MODEL[AUTOENCODER])
+    @answers_client_errors(DEFAULT_MODEL[AUTOENCODER])
     async def vae_interpolate_images(
         self,
         ctx: bentoml.Context,

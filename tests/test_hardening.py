@@ -208,6 +208,30 @@ def test_guard_api_keys(protect_metrics):
     assert status("/metrics", f"Bearer {KEYS[2]}", method="GET")[0] == 200
 
 
+def test_guard_admin_routes_take_admin_keys_only():
+    client, admin = ("client-key-1",), ("admin-key-1",)
+
+    def status(app, path, key=None, method="PUT"):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        code, _, body = run(exchange(app, path=path, headers=headers, method=method))
+        return code, json.loads(body).get("error")
+
+    closed = guard.Guard(Toy(), guard.Settings(api_keys=client))
+    for path in ("/admin/models/cnn", "/admin/models", "/v2/repository/index", "/v2/repository/models/cnn/load"):
+        assert status(closed, path, client[0]) == (403, "admin_disabled"), path
+    both = guard.Guard(Toy(), guard.Settings(api_keys=client, admin_keys=admin))
+    assert status(both, "/admin/models/cnn") == (401, "unauthorized")
+    assert status(both, "/admin/models/cnn", client[0]) == (401, "unauthorized")
+    assert status(both, "/admin/models/cnn", admin[0])[0] == 200
+    assert status(both, "/v2/repository/index", admin[0], "POST")[0] == 200
+    assert status(both, "/classify", admin[0], "POST") == (401, "unauthorized")
+    assert status(both, "/classify", client[0], "POST")[0] == 200
+    settings = guard.Settings.from_env({"MODELSERVE_ADMIN_KEYS": "a1, a2", "MODELSERVE_API_KEYS": "c1"})
+    assert settings.admin_keys == ("a1", "a2") and settings.api_keys == ("c1",)
+    with pytest.raises(guard.GuardConfigError, match="MODELSERVE_ADMIN_KEYS"):
+        guard.Settings.from_env({"MODELSERVE_ADMIN_KEYS": " , "})
+
+
 def test_guard_compares_the_presented_key_with_every_key(monkeypatch):
     calls = []
     real = guard.hmac.compare_digest
@@ -358,7 +382,7 @@ def test_uploads_in_other_modes_are_converted_and_give_the_right_digit(server, d
 
 DEEP = "[" * 10_000 + "]" * 10_000
 BOMB = grey_png(50_000, 50_000, rows=64)  # 2.5e9 pixels in a few hundred bytes
-NAN_ROWS = '{"images": [[%s]]}' % json.dumps([[float("nan")] * 28] * 28)
+NAN_ROWS = '{"image": [[%s]]}' % json.dumps([[float("nan")] * 28] * 28)
 
 
 def pickled_file_creator(path: str) -> bytes:
@@ -385,10 +409,10 @@ def hostile_requests():
         ("decompression bomb: 50000 x 50000 in %d bytes" % len(BOMB), "/classify/image", upload("bomb.png", BOMB), 400, "image_too_large", "image"),
         ("10,000 x 10,000 image", "/classify/image", upload("big.png", grey_png(10_000, 10_000)), 400, "image_too_large", "image"),
         ("text of 1e6 characters", "/sentiment", {"json": {"texts": ["好" * 10**6]}}, 400, "text_too_long", "texts[0]"),
-        ("text of 1e6 characters, tensor endpoint", "/infer/sentiment", {"json": {"texts": ["a", "好" * 10**6]}}, 400, "text_too_long", "texts[1]"),
+        ("text of 1e6 characters, tensor endpoint", "/infer/sentiment", {"json": {"text": ["a", "好" * 10**6]}}, 400, "text_too_long", "text[1]"),
         ("lone surrogate \\ud800", "/sentiment", {"data": b'{"texts": ["ok \\ud800"]}', "headers": JSON}, 400, "invalid_json", "body"),
         ("JSON nested 10,000 deep", "/classify", {"data": '{"images": %s}' % DEEP, "headers": JSON}, 400, "invalid_json", "body"),
-        ("JSON nested 10,000 deep, tensor endpoint", "/infer/cnn", {"data": '{"images": %s}' % DEEP, "headers": JSON}, 400, "invalid_json", "body"),
+        ("JSON nested 10,000 deep, tensor endpoint", "/infer/cnn", {"data": '{"image": %s}' % DEEP, "headers": JSON}, 400, "invalid_json", "body"),
         ("form field nested 10,000 deep", "/classify/image", {"files": {"image": ("x.png", truncated, "image/png")}, "data": {"top_k": DEEP}}, 400, "too_deep", "top_k"),
         ("n negative", "/vae/sample", {"json": {"n": -3}}, 400, "n_out_of_range", "n"),
         ("n huge", "/gan/generate", {"json": {"n": 10**30}}, 400, "n_out_of_range", "n"),
@@ -398,16 +422,16 @@ def hostile_requests():
         ("seed_a beyond 64 bits", "/vae/interpolate", {"json": {"seed_a": 2**70}}, 400, "seed_out_of_range", "seed_a"),
         ("Infinity in /classify", "/classify", {"data": '{"images": [%s]}' % json.dumps([[float("inf")] * 28] * 28), "headers": JSON}, 400, "not_finite", "images"),
         ("-Infinity in /classify", "/classify", {"data": '{"images": [%s]}' % json.dumps([[-float("inf")] * 28] * 28), "headers": JSON}, 400, "not_finite", "images"),
-        ("NaN in /infer/cnn", "/infer/cnn", {"data": NAN_ROWS, "headers": JSON}, 400, "not_finite", "images"),
-        ("NaN in /infer/resnet", "/infer/resnet", {"data": NAN_ROWS, "headers": JSON}, 400, "not_finite", "images"),
-        ("NaN in /infer/resnet-int8", "/infer/resnet-int8", {"data": NAN_ROWS, "headers": JSON}, 400, "not_finite", "images"),
-        ("NaN in /infer/vae-encoder", "/infer/vae-encoder", {"data": NAN_ROWS, "headers": JSON}, 400, "not_finite", "images"),
-        ("JSON objects in a tensor", "/infer/gan", {"json": {"z": [{"a": 1}, {"b": []}]}}, 400, "invalid_input", "z"),
+        ("NaN in /infer/cnn", "/infer/cnn", {"data": NAN_ROWS, "headers": JSON}, 400, "not_finite", "image"),
+        ("NaN in /infer/resnet", "/infer/resnet", {"data": NAN_ROWS, "headers": JSON}, 400, "not_finite", "image"),
+        ("NaN in /infer/resnet-int8", "/infer/resnet-int8", {"data": NAN_ROWS, "headers": JSON}, 400, "not_finite", "image"),
+        ("NaN in /infer/vae-encoder", "/infer/vae-encoder", {"data": NAN_ROWS, "headers": JSON}, 400, "not_finite", "image"),
+        ("JSON objects in a tensor", "/infer/gan", {"json": {"z": [{"a": 1}, {"b": []}]}}, 400, "bad_array", "z"),
         ("Infinity in /infer/gan", "/infer/gan", {"data": '{"z": [%s]}' % json.dumps([float("inf")] * 100), "headers": JSON}, 400, "not_finite", "z"),
         ("NaN in /infer/vae-decoder", "/infer/vae-decoder", {"data": '{"z": [%s]}' % json.dumps([float("nan")] * 16), "headers": JSON}, 400, "not_finite", "z"),
-        ("values past 1 in /infer/resnet", "/infer/resnet", {"json": {"images": [[[[1e38] * 28] * 28]]}}, 400, "out_of_range", "images"),
-        ("no rows for /infer/cnn", "/infer/cnn", {"json": {"images": []}}, 400, "empty", "images"),
-        ("no texts for /infer/sentiment (crashed the worker)", "/infer/sentiment", {"json": {"texts": []}}, 400, "empty", "texts"),
+        ("values past 1 in /infer/resnet", "/infer/resnet", {"json": {"image": [[[[1e38] * 28] * 28]]}}, 400, "out_of_range", "image"),
+        ("no rows for /infer/cnn", "/infer/cnn", {"json": {"image": []}}, 400, "bad_shape", "image"),
+        ("no texts for /infer/sentiment (crashed the worker)", "/infer/sentiment", {"json": {"text": []}}, 400, "empty", "text"),
         ("pickle body", "/classify", {"data": pickle.dumps({"images": []}), "headers": {"content-type": "application/vnd.bentoml+pickle"}}, 415, "unsupported_media_type", "Content-Type"),
         ("XML body", "/classify", {"data": "<images/>", "headers": {"content-type": "application/xml"}}, 400, "invalid_json", "body"),
         ("JSON to an upload endpoint", "/classify/image", {"json": {"image": "x.png"}}, 400, "invalid_input", "image"),
@@ -517,13 +541,6 @@ VALID_BODIES = {
     "POST /gan/generate": {"n": 2, "seed": 1, "format": "base64"},
     "POST /vae/sample": {"n": 2, "seed": 1, "format": "array"},
     "POST /vae/interpolate": {"seed_a": 1, "seed_b": 2, "steps": 3},
-    "POST /infer/cnn": {"images": [[ZERO_IMAGE]]},
-    "POST /infer/resnet": {"images": [[ZERO_IMAGE]]},
-    "POST /infer/resnet-int8": {"images": [[ZERO_IMAGE]]},
-    "POST /infer/vae-encoder": {"images": [[ZERO_IMAGE]]},
-    "POST /infer/gan": {"z": [[0.0] * 100]},
-    "POST /infer/vae-decoder": {"z": [[0.0] * 16]},
-    "POST /infer/sentiment": {"texts": ["很好", "太差"]},
 }
 # /gan/generate and /vae/sample answer image/png or JSON by their `format`; BentoML's document
 # can name one media type per answer, and names JSON.
