@@ -72,7 +72,7 @@ class Batcher:
     async def __call__(self, rows) -> Outputs:
         loop = asyncio.get_running_loop()
         if self.closed:  # a request routed here just before the version was retired
-            return await loop.run_in_executor(self.executor, self.run, rows)
+            return await loop.run_in_executor(None, self.run, rows)
         if self.task is None or self.task.done():
             self.queue, self.loop = asyncio.Queue(), loop
             self.task = loop.create_task(self._serve(), name=f"batcher-{self.name}")
@@ -85,15 +85,17 @@ class Batcher:
         self.closed = True
         if self.loop is not None and self.queue is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
-        self.executor.shutdown(wait=False)
+        else:
+            self.executor.shutdown(wait=False)
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         carried: Pending | None = None
         while True:
             first = carried or await self.queue.get()
-            if first is None:
-                return  # closed, and nothing queued before the close is left
+            if first is None:  # closed, and nothing queued before the close is left
+                self.executor.shutdown(wait=False)
+                return
             batch, carried = [first], None
             size = first.count
             deadline = first.queued_at + self.wait_s

@@ -174,7 +174,8 @@ class _Exchange:
     sent: bool = False  # an answer began downstream
     held: dict | None = None  # an error answer's start, kept until its body is complete
     held_body: list = field(default_factory=list)
-    keep_errors: bool = False  # leave error answers as they are (HEAD, Open Inference Protocol)
+    keep_errors: bool = False  # leave error answers as they are (HEAD)
+    protocol_errors: bool = False  # the Open Inference Protocol's {"error": message} shape
 
 
 class Guard:
@@ -288,7 +289,7 @@ class Guard:
 
     async def _run(self, scope, receive, send) -> None:
         path = scope.get("path", "")
-        state = _Exchange(keep_errors=scope.get("method") == "HEAD" or path == "/v2" or path.startswith("/v2/"))
+        state = _Exchange(keep_errors=scope.get("method") == "HEAD", protocol_errors=path == "/v2" or path.startswith("/v2/"))
         max_body = self.settings.max_body_bytes
         refusals: list[ClientError] = []
 
@@ -320,7 +321,8 @@ class Guard:
                 start, body = state.held, b"".join(state.held_body)
                 state.held, state.held_body = None, []
                 if not message.get("more_body", False):
-                    start, body = _rewritten(start, body, refusals[0] if refusals else None)
+                    rewrite = _protocol_error if state.protocol_errors else _rewritten
+                    start, body = rewrite(start, body, refusals[0] if refusals else None)
                 state.sent = True
                 await send(start)
                 return await send({"type": "http.response.body", "body": body, "more_body": message.get("more_body", False)})
@@ -393,6 +395,22 @@ def _rewritten(start: dict, body: bytes, refusal: ClientError | None) -> tuple[d
         new = normalized_error(status, body, _headers(start).get(b"content-type", b"").decode("latin-1"))
         if new is None:
             return start, body
+    return _with_body(start, status, new)
+
+
+def _protocol_error(start: dict, body: bytes, refusal: ClientError | None) -> tuple[dict, bytes]:
+    """An Open Inference Protocol error answer as {"error": message} (unchanged if it is one)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return start, body
+    new = normalized_error(start["status"], body, _headers(start).get(b"content-type", b"").decode("latin-1")) or data
+    return _with_body(start, start["status"], {"error": new["detail"] if isinstance(new, dict) else _phrase(start["status"])})
+
+
+def _with_body(start: dict, status: int, new: dict) -> tuple[dict, bytes]:
     payload = json.dumps(new, ensure_ascii=False).encode("utf-8")
     headers = [
         (name, value) for name, value in start.get("headers", []) if name.lower() not in (b"content-length", b"content-type")
@@ -414,6 +432,8 @@ def normalized_error(status: int, body: bytes, content_type: str) -> dict | None
         items = [item for item in data["detail"] if isinstance(item, dict)]
         if items and any(item.get("type") == "json_invalid" for item in items):
             code = "invalid_json"
+        elif items and all(item.get("type") == "extra_forbidden" for item in items):
+            code = "unknown_field"
         elif status == 400:
             code = "invalid_input"
         parts = [f"{_location(item.get('loc')) or 'body'}: {item.get('msg', '')}" for item in items[:5]]
@@ -535,3 +555,11 @@ def harden_bentoml() -> None:
 
 
 harden_bentoml()
+
+
+def forbid_unknown_fields(service) -> None:
+    """A field an API does not take is a 400 `unknown_field`, not silently ignored: BentoML's
+    input models (pydantic, built from each API's signature) are made to forbid extra fields."""
+    for api in service.apis.values():
+        api.input_spec.model_config["extra"] = "forbid"
+        api.input_spec.model_rebuild(force=True)

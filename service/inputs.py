@@ -26,6 +26,10 @@ LATENT_LIMIT = 100.0
 FRAME_MAX_SIDE = 1024
 
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# What the README promises; Pillow would also open PSD, FITS, EPS (through Ghostscript), ...
+UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+# An upload whose pixels all lie within this of each other shows nothing to classify.
+NO_CONTENT_RANGE = 2 / 255
 
 
 def open_image(data: bytes, field: str = "image") -> Image.Image:
@@ -35,7 +39,7 @@ def open_image(data: bytes, field: str = "image") -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise ClientError(
                     field, f"{image.width}x{image.height} pixels is more than the limit of {MAX_IMAGE_PIXELS}", "image_too_large"
@@ -70,6 +74,8 @@ def image_input(data: bytes, preprocessing: dict, field: str = "image") -> np.nd
     with open_image(data, field) as image:
         channels = int(preprocessing.get("channels", 1))
         planes = grey_pixels(image)[None] if channels == 1 else rgb_pixels(image)
+    if float(planes.max() - planes.min()) <= NO_CONTENT_RANGE:
+        raise ClientError(field, "the image is one flat colour: there is nothing to classify", "no_content")
     planes = shrink(planes)
     polarity = preprocessing.get("polarity", "as_is")
     light = light_border(planes.mean(axis=0))

@@ -327,3 +327,4 @@ class ModelServe:
 
 
 ModelServe.add_asgi_middleware(guard.Guard)
+guard.forbid_unknown_fields(ModelServe)

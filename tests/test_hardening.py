@@ -395,7 +395,7 @@ def pickled_file_creator(path: str) -> bytes:
 
 def hostile_requests():
     """(name, path, requests kwargs, status, error code, field) for a 4xx."""
-    truncated = encoded(Image.new("L", (64, 64), 255), "PNG")
+    truncated = encoded(Image.new("L", (64, 64), 255), "PNG")  # also a blank picture, whole
     jpeg = encoded(Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)), "JPEG")
     upload = lambda name, data: {"files": {"image": (name, data, "image/png")}}  # noqa: E731
     return [
@@ -438,6 +438,16 @@ def hostile_requests():
         ("a URL instead of a file", "/classify/image", {"data": {"image": "http://127.0.0.1:9/x.png"}}, 400, "not_a_file", "image"),
         ("multipart without a boundary", "/classify/image", {"data": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}}, 400, "bad_form", "body"),
         ("unknown route", "/nope", {"json": {}}, 404, "not_found", None),
+        ("a field /gan/generate does not take", "/gan/generate", {"json": {"n": 4, "seeds": 3}}, 400, "unknown_field", "seeds"),
+        ("a field /classify does not take", "/classify", {"json": {"images": [ZERO_IMAGE], "topk": 3}}, 400, "unknown_field", "topk"),
+        ("a form field /classify/image does not take", "/classify/image", {"files": {"image": ("x.png", truncated, "image/png")}, "data": {"modle": "cnn"}}, 400, "unknown_field", "modle"),
+        ("a blank white upload", "/classify/image", upload("x.png", truncated), 400, "no_content", "image"),
+        ("a single-colour upload to the VAE", "/vae/reconstruct", upload("x.png", encoded(Image.new("RGB", (40, 30), (200, 30, 30)), "PNG")), 400, "no_content", "image"),
+        ("a PPM upload (not a listed format)", "/classify/image", upload("x.ppm", encoded(Image.fromarray((np.eye(32) * 255).astype(np.uint8)), "PPM")), 400, "not_an_image", "image"),
+        ("an integer of 400 digits in /classify", "/classify", {"data": '{"images": [[[%s]]]}' % ("9" * 400), "headers": JSON}, 400, "bad_array", "images"),
+        ("an integer of 400 digits in /infer/gan", "/infer/gan", {"data": '{"z": [[%s]]}' % ", ".join(["9" * 400] * 100), "headers": JSON}, 400, "bad_array", "z"),
+        ("huge but finite latents in /infer/gan", "/infer/gan", {"json": {"z": [[3e38] * 100]}}, 400, "out_of_range", "z"),
+        ("huge but finite latents in /infer/vae-decoder", "/infer/vae-decoder", {"json": {"z": [[-1e30] * 16]}}, 400, "out_of_range", "z"),
     ]
 
 
@@ -764,13 +774,23 @@ def garbage_with_its_sha256(models: Path) -> None:
 
 
 def missing_model(models: Path) -> None:
+    """The serving state names sentiment's version, which is gone from the store."""
+    (models.parent / "modelserve").mkdir(exist_ok=True)
+    state = {"generation": 1, "models": {"sentiment": {"default": version_dir(models, "sentiment").name}}}
+    (models.parent / "modelserve" / "serving.json").write_text(json.dumps(state))
     shutil.rmtree(models / "sentiment")
+
+
+def empty_store(models: Path) -> None:
+    for folder in models.iterdir():
+        shutil.rmtree(folder)
 
 
 DAMAGES = {
     "sha256": (appended_bytes, ["model cnn:", "does not match the sha256", "python -m export cnn"]),
     "unloadable": (garbage_with_its_sha256, ["model resnet:", "ONNX Runtime cannot load model.onnx", "python -m export resnet"]),
-    "missing": (missing_model, ["not in the model store", "sentiment", "make models"]),
+    "missing": (missing_model, ["is not in the model store", "sentiment", "make models"]),
+    "empty": (empty_store, ["no model in the model store", "make models", "python -m export import"]),
 }
 
 
