@@ -22,32 +22,21 @@ part of the request or null}; BentoML's schema errors keep their pydantic items 
 
 BentoML's own `traffic` timeout and max_concurrency were not reused: their 504 and 429 bodies
 are {"error": "..."} only, the 429 has no Retry-After. BentoML's timeout middleware is taken out
-(service/overhead.py): the guard owns the timeout.
-
-`harden_bentoml()` (run when this module is imported, before service.py declares its APIs)
-fixes three ways a client could get a 500 or make the server fetch a URL: BentoML's
-multipart/form parser is replaced by one that answers 400 for a form without a boundary or a
-form field nested too deeply, and refuses a file field sent as text (BentoML would download it
-as a URL); and BentoML's tensor validator reports a TypeError (a JSON object where a number
-belongs) as the validation error it is. It also adds the guard's 401, 413, 415, 429 and 504 to
-every API operation of the OpenAPI document.
+(service/patches.py): the guard owns the timeout. The error shapes are in service/errors.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hashlib
 import hmac
-import json
 import logging
 import os
 from dataclasses import dataclass, field
-from http import HTTPStatus
 
 from prometheus_client import Counter
 
-from service.errors import ClientError
+from service.errors import ClientError, headers_of, parser_refusals, protocol_error, rewritten
 
 logger = logging.getLogger("modelserve.guard")
 
@@ -158,9 +147,6 @@ class BodyTooLarge(Exception):
     """Raised into the application when a streamed body passes the limit."""
 
 
-# Set per request by the guard: a ClientError that BentoML's parser could only report as a
-# BentoMLException (hardened parser below) is put here, and the guard answers with it.
-_parser_refusal: contextvars.ContextVar[list | None] = contextvars.ContextVar("modelserve_parser_refusal", default=None)
 
 
 @dataclass
@@ -187,17 +173,16 @@ class Guard:
         self.active = 0
         self._key_digests = tuple(_digest(k.encode("utf-8")) for k in self.settings.api_keys)
         self._admin_digests = tuple(_digest(k.encode("utf-8")) for k in self.settings.admin_keys)
-        harden_bentoml()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket" and self._key_digests and self._needs_key(scope.get("path", "")):
-            if not self._authorized(_headers(scope).get(b"authorization", b"")):  # the service has none; deny by default
+            if not self._authorized(headers_of(scope).get(b"authorization", b"")):  # the service has none; deny by default
                 REFUSED.labels(reason="unauthorized").inc()
                 return await send({"type": "websocket.close", "code": 1008})
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        headers = _headers(scope)
+        headers = headers_of(scope)
         exempt = path in HEALTH_PATHS or path == METRICS_PATH
 
         refusal = self._refusal(path, headers)
@@ -321,18 +306,18 @@ class Guard:
                 start, body = state.held, b"".join(state.held_body)
                 state.held, state.held_body = None, []
                 if not message.get("more_body", False):
-                    rewrite = _protocol_error if state.protocol_errors else _rewritten
+                    rewrite = protocol_error if state.protocol_errors else rewritten
                     start, body = rewrite(start, body, refusals[0] if refusals else None)
                 state.sent = True
                 await send(start)
                 return await send({"type": "http.response.body", "body": body, "more_body": message.get("more_body", False)})
             return await send(message)
 
-        token = _parser_refusal.set(refusals)
+        token = parser_refusals.set(refusals)
         try:
             task = asyncio.ensure_future(self.app(scope, counted_receive, guarded_send))
         finally:
-            _parser_refusal.reset(token)
+            parser_refusals.reset(token)
         timeout = self.settings.request_timeout_s or None
         try:
             done, _ = await asyncio.wait({task}, timeout=timeout)
@@ -363,203 +348,3 @@ class Guard:
             logger.error("%s %s failed", scope.get("method"), scope.get("path"), exc_info=failure)
             error = ClientError(None, "an unexpected error occurred; see the server log", "internal_error", 500)
             await error.response()(scope, receive, send)
-
-
-def _headers(scope) -> dict[bytes, bytes]:
-    return {name.lower(): value for name, value in scope.get("headers", [])}
-
-
-ERROR_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "body_too_large",
-    415: "unsupported_media_type",
-    422: "invalid_input",
-    429: "overloaded",
-    500: "internal_error",
-    503: "unavailable",
-    504: "timeout",
-}
-
-
-def _rewritten(start: dict, body: bytes, refusal: ClientError | None) -> tuple[dict, bytes]:
-    """An error answer in the service's one shape (unchanged if it has it already)."""
-    status = start["status"]
-    if refusal is not None and 400 <= status < 500:
-        new = refusal.body()
-        status = refusal.status
-    else:
-        new = normalized_error(status, body, _headers(start).get(b"content-type", b"").decode("latin-1"))
-        if new is None:
-            return start, body
-    return _with_body(start, status, new)
-
-
-def _protocol_error(start: dict, body: bytes, refusal: ClientError | None) -> tuple[dict, bytes]:
-    """An Open Inference Protocol error answer as {"error": message} (unchanged if it is one)."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return start, body
-    new = normalized_error(start["status"], body, _headers(start).get(b"content-type", b"").decode("latin-1")) or data
-    return _with_body(start, start["status"], {"error": new["detail"] if isinstance(new, dict) else _phrase(start["status"])})
-
-
-def _with_body(start: dict, status: int, new: dict) -> tuple[dict, bytes]:
-    payload = json.dumps(new, ensure_ascii=False).encode("utf-8")
-    headers = [
-        (name, value) for name, value in start.get("headers", []) if name.lower() not in (b"content-length", b"content-type")
-    ]
-    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    return {**start, "status": status, "headers": headers}, payload
-
-
-def normalized_error(status: int, body: bytes, content_type: str) -> dict | None:
-    """{"error", "detail", "field"} for an error body of another shape; None if it has the shape."""
-    code = ERROR_CODES.get(status) or ("bad_request" if status < 500 else "internal_error")
-    try:
-        data = json.loads(body) if "json" in content_type else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), str) and isinstance(data.get("detail"), str) and "field" in data:
-        return None
-    if isinstance(data, dict) and isinstance(data.get("detail"), list):  # pydantic, through BentoML
-        items = [item for item in data["detail"] if isinstance(item, dict)]
-        if items and any(item.get("type") == "json_invalid" for item in items):
-            code = "invalid_json"
-        elif items and all(item.get("type") == "extra_forbidden" for item in items):
-            code = "unknown_field"
-        elif status == 400:
-            code = "invalid_input"
-        parts = [f"{_location(item.get('loc')) or 'body'}: {item.get('msg', '')}" for item in items[:5]]
-        if len(items) > 5:
-            parts.append(f"and {len(items) - 5} more")
-        return {
-            "error": code,
-            "detail": "; ".join(parts) or str(data.get("error", HTTPStatus(status).phrase)),
-            "field": (_location(items[0].get("loc")) or "body") if items else None,
-            "errors": items,
-        }
-    if isinstance(data, list) and data and isinstance(data[0], dict):  # BentoML's 4xx: [{"error": ...}]
-        data = data[0]
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        message = data["error"]
-    else:
-        text = body.decode("utf-8", "replace").strip() if body and "json" not in content_type else ""
-        message = text[:500] or _phrase(status)
-    if status >= 500 and "unexpected error" in message:
-        message = "an unexpected error occurred; see the server log"
-    return {"error": code, "detail": message, "field": None}
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return f"HTTP {status}"
-
-
-def _location(loc) -> str:
-    """pydantic's ("texts", 0) -> "texts[0]", the style of the service's own `field`."""
-    out = ""
-    for part in loc or ():
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-# BentoML's request parsing, hardened.
-
-
-def _refuse(error: ClientError):
-    """Raise into BentoML (which can only answer a BentoMLException) and leave the real answer
-    for the guard."""
-    from bentoml.exceptions import BadInput
-
-    holder = _parser_refusal.get()
-    if holder is not None:
-        holder.append(error)
-    raise BadInput(str(error))
-
-
-_HARDENED = False
-
-
-def harden_bentoml() -> None:
-    """Install the hardened form parser and tensor validator (idempotent). The validator must be
-    patched before the service's APIs are declared: pydantic keeps the bound method it saw."""
-    global _HARDENED
-    if _HARDENED:
-        return
-    import functools
-
-    from _bentoml_impl import serde
-    from _bentoml_sdk.validators import TensorSchema
-    from starlette.datastructures import UploadFile
-    from starlette.exceptions import HTTPException
-
-    class UploadsOnlyMultipartSerde(serde.MultipartSerde):
-        """BentoML's form parser, except: a malformed form is a 400, a form field nested too
-        deeply for the JSON decoder is a 400, and a file field must be an uploaded file (BentoML
-        would download a text value as a URL)."""
-
-        async def parse_request(self, request, cls):
-            try:
-                form = await request.form()
-            except HTTPException as e:
-                if e.status_code >= 500:
-                    raise
-                _refuse(ClientError("body", f"not a readable form ({e.detail})", "bad_form"))
-            files = getattr(cls, "multipart_fields", set())
-            for name in form:
-                for value in form.getlist(name):
-                    if name in files:
-                        if not isinstance(value, UploadFile):
-                            _refuse(ClientError(name, "must be an uploaded file (a file part of the form); URLs are not fetched", "not_a_file"))
-                    elif isinstance(value, str):
-                        try:
-                            json.loads(value)
-                        except RecursionError:
-                            _refuse(ClientError(name, "is nested too deeply", "too_deep"))
-                        except ValueError:
-                            pass
-            return await super().parse_request(request, cls)
-
-    serde.ALL_SERDE["multipart/form-data"] = UploadsOnlyMultipartSerde
-    serde.ALL_SERDE["application/x-www-form-urlencoded"] = UploadsOnlyMultipartSerde
-
-    validate = TensorSchema.validate
-
-    @functools.wraps(validate)
-    def validate_or_value_error(self, obj):
-        try:
-            return validate(self, obj)
-        except TypeError as e:  # numpy on a JSON object: pydantic turns ValueError into a 400
-            raise ValueError(f"not an array of numbers ({e})") from None
-
-    TensorSchema.validate = validate_or_value_error
-
-    # The OpenAPI document: the guard's answers beside BentoML's 400, 404 and 500, same body schema.
-    import attrs
-    from _bentoml_sdk.service import openapi
-
-    bad_request = openapi.error_responses.get(400)
-    if bad_request is not None:
-        for status in (401, 413, 415, 429, 504):
-            openapi.error_responses.setdefault(status, attrs.evolve(bad_request, description=HTTPStatus(status).phrase))
-    _HARDENED = True
-
-
-harden_bentoml()
-
-
-def forbid_unknown_fields(service) -> None:
-    """A field an API does not take is a 400 `unknown_field`, not silently ignored: BentoML's
-    input models (pydantic, built from each API's signature) are made to forbid extra fields."""
-    for api in service.apis.values():
-        api.input_spec.model_config["extra"] = "forbid"
-        api.input_spec.model_rebuild(force=True)

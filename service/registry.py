@@ -270,9 +270,9 @@ def desired_states(file_states: dict) -> dict[str, ModelState]:
                 states[name] = ModelState.from_dict(file_states[name])
         else:
             states[name] = ModelState(default=latest)
-    for name, state in file_states.items():  # named by the file but gone from the store
-        if state is not None and name not in states:
-            states[name] = ModelState.from_dict(state)
+    for name, named in file_states.items():  # named by the file but gone from the store
+        if named is not None and name not in states:
+            states[name] = ModelState.from_dict(named)
     return states
 
 

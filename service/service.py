@@ -9,10 +9,12 @@ names a model: a request picks one with `model` (default: the task's default in 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -28,7 +30,7 @@ from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from modelspec import AUTOENCODER, DEFAULT_MODEL, IMAGE_CLASSIFICATION, IMAGE_GENERATION, TEXT_CLASSIFICATION  # noqa: E402
-from service import admin, guard, images, inputs, metrics, overhead, state, stats, v2  # noqa: E402
+from service import admin, guard, images, inputs, metrics, patches, state, stats, v2  # noqa: E402
 from service.errors import ClientError, answers_client_errors  # noqa: E402
 from service.registry import Registry, Route as ModelRoute, check_once  # noqa: E402
 
@@ -40,8 +42,18 @@ OutputFormat = Literal["png", "base64", "array"]
 TopK = Annotated[int, Field(ge=1, le=10, description="How many labels per item, most probable first")]
 Label = int | str | list[int | str] | None
 
+# Decoding and framing an upload (up to 16 megapixels) would stall every other request of the
+# worker if it ran on the event loop.
+DECODE_POOL = ThreadPoolExecutor(max_workers=int(os.environ.get("MODELSERVE_DECODE_THREADS", 2)), thread_name_prefix="decode")
+
+
+async def off_the_loop(function, *args):
+    return await asyncio.get_running_loop().run_in_executor(DECODE_POOL, function, *args)
+
+
 check_once()  # a missing, damaged or unloadable model stops `bentoml serve` itself
-overhead.trim()
+patches.harden_bentoml()  # before the APIs below are declared: pydantic keeps the validator it sees
+patches.trim_middlewares()
 
 
 def describe(entry, figures: dict) -> dict:
@@ -187,7 +199,7 @@ class ModelServe:
         """Classes of one uploaded image (PNG, JPEG, ...; any size, colour or grey, either
         polarity), made like the model's training images by its stored preprocessing."""
         route = self.route(ctx, model, IMAGE_CLASSIFICATION)
-        pixels = route.primary.pixels_of_upload(image.read_bytes())
+        pixels = await off_the_loop(route.primary.pixels_of_upload, image.read_bytes())
         probabilities = (await route.call("classify", pixels))["probabilities"]
         predictions = self.predictions(route, probabilities, top_k)
         answer = {"model": route.model, "version": route.primary.version, "predictions": predictions, **predictions[0][0]}
@@ -277,7 +289,7 @@ class ModelServe:
         """Encode and decode an uploaded image. The reconstruction error (mean squared, per
         pixel) is an anomaly score: `relative_error` compares it with the held-out images'."""
         route = self.route(ctx, model, AUTOENCODER)
-        x = inputs.image_input(image.read_bytes(), route.primary.spec.preprocessing)
+        x = await off_the_loop(inputs.image_input, image.read_bytes(), route.primary.spec.preprocessing)
         outputs = await route.call("reconstruct", x)
         error = float(np.mean((outputs["reconstruction"] - x) ** 2))
         typical = route.primary.loaded.metadata["metrics"].get("reconstruction_mse")
@@ -321,10 +333,13 @@ class ModelServe:
         """A PNG strip from one uploaded image to another, through the VAE's latent space."""
         route = self.route(ctx, model, AUTOENCODER)
         pre = route.primary.spec.preprocessing
-        both = np.concatenate([inputs.image_input(image_a.read_bytes(), pre, "image_a"), inputs.image_input(image_b.read_bytes(), pre, "image_b")])
+        both = np.concatenate([
+            await off_the_loop(inputs.image_input, image_a.read_bytes(), pre, "image_a"),
+            await off_the_loop(inputs.image_input, image_b.read_bytes(), pre, "image_b"),
+        ])
         pictures = (await route.call("interpolate_images", both, steps))["images"]
         return route.answer(Response(images.png(images.strip(pictures)), media_type="image/png"))
 
 
 ModelServe.add_asgi_middleware(guard.Guard)
-guard.forbid_unknown_fields(ModelServe)
+patches.forbid_unknown_fields(ModelServe)

@@ -42,7 +42,7 @@ from load_tests import server as launcher
 from load_tests import soak
 from modelspec import sha256_file
 from modelspec.image import frame_like_training, grey_pixels, light_on_dark
-from service import guard
+from service import errors, guard
 from test_service import ZERO_IMAGE, Local, png_of, post, softmax
 
 TIMEOUT = 30
@@ -276,16 +276,16 @@ def test_guard_settings_from_the_environment(tmp_path):
 def test_guard_gives_every_error_answer_one_shape():
     pydantic = {"error": "2 validation errors for Input", "detail": [
         {"type": "missing", "loc": ["texts", 0], "msg": "Field required"}, {"type": "int_type", "loc": ["n"], "msg": "bad"}]}
-    body = guard.normalized_error(400, json.dumps(pydantic).encode(), "application/json")
+    body = errors.normalized_error(400, json.dumps(pydantic).encode(), "application/json")
     assert body["error"] == "invalid_input" and body["field"] == "texts[0]" and body["errors"] == pydantic["detail"]
     assert body["detail"] == "texts[0]: Field required; n: bad"
     broken = {"error": "1 validation error", "detail": [{"type": "json_invalid", "loc": [], "msg": "Invalid JSON"}]}
-    assert guard.normalized_error(400, json.dumps(broken).encode(), "application/json")["error"] == "invalid_json"
-    assert guard.normalized_error(415, b'[{"error": "nope"}]', "application/json") == {"error": "unsupported_media_type", "detail": "nope", "field": None}
-    assert guard.normalized_error(404, b"Not Found", "text/plain") == {"error": "not_found", "detail": "Not Found", "field": None}
-    assert guard.normalized_error(500, b'{"error": "An unexpected error has occurred"}', "application/json")["error"] == "internal_error"
+    assert errors.normalized_error(400, json.dumps(broken).encode(), "application/json")["error"] == "invalid_json"
+    assert errors.normalized_error(415, b'[{"error": "nope"}]', "application/json") == {"error": "unsupported_media_type", "detail": "nope", "field": None}
+    assert errors.normalized_error(404, b"Not Found", "text/plain") == {"error": "not_found", "detail": "Not Found", "field": None}
+    assert errors.normalized_error(500, b'{"error": "An unexpected error has occurred"}', "application/json")["error"] == "internal_error"
     ours = {"error": "bad_shape", "detail": "images: no", "field": "images"}
-    assert guard.normalized_error(400, json.dumps(ours).encode(), "application/json") is None
+    assert errors.normalized_error(400, json.dumps(ours).encode(), "application/json") is None
 
     async def through_guard():
         app = guard.Guard(Toy(status=405, body=b"Method Not Allowed", content_type=b"text/plain"))
@@ -454,6 +454,26 @@ def hostile_requests():
 @pytest.mark.parametrize("name,path,request_kwargs,status,reason,field", hostile_requests(), ids=lambda v: v if isinstance(v, str) and " " in v else None)
 def test_hostile_requests_get_the_right_4xx_and_the_service_keeps_serving(server, name, path, request_kwargs, status, reason, field):
     assert_error(post(server, path, **request_kwargs), status, reason, field)
+    good_request_works(server)
+
+
+def test_a_thousand_distinct_paths_add_no_metric_series(server):
+    """BentoML labels its request series by path: they are labelled by route template here."""
+
+    def series() -> int:
+        text = requests.get(f"{server}/metrics", timeout=TIMEOUT).text
+        return sum(1 for line in text.splitlines() if line.startswith("bentoml_service_request"))
+
+    def paths(start: int, count: int):
+        kinds = ("/models/m{}", "/v2/models/m{}/infer", "/nowhere/{}", "/v2/nope/{}", "/infer/m{}")
+        return [kinds[i % len(kinds)].format(i) for i in range(start, start + count)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda p: requests.post(f"{server}{p}", timeout=TIMEOUT), paths(0, 10)))  # each kind's series exists
+        before = series()
+        statuses = list(pool.map(lambda p: requests.post(f"{server}{p}", timeout=TIMEOUT).status_code, paths(10, 1000)))
+    assert set(statuses) <= {404, 405}, set(statuses)
+    assert series() == before
     good_request_works(server)
 
 
