@@ -9,7 +9,7 @@ PORT ?= 3000
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup models verify serve test soak clean-store loadtest slo bench bench-deps
+.PHONY: setup models verify serve test soak clean-store loadtest slo bench bench-deps bench-peers
 
 setup: $(VENV)/.installed
 
@@ -73,6 +73,18 @@ bench: setup bench-deps
 
 bench-deps: $(VENV)/.bench-installed
 	@command -v wrk >/dev/null 2>&1 || $(SUDO) apt-get install -y wrk || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
+
+# This service against the servers users would pick instead (LitServe, Ray Serve, TorchServe,
+# MLServer, a plain BentoML service) on the same stored cnn: reports/bench-peers.md, .json, .png.
+# Each peer is installed into a venv of its own under .peers/ (their pins conflict with one
+# another and with the service's); TorchServe needs Java, from apt. A peer that cannot be set up
+# is reported with the reason and the rest go on. Exit status 1 when a goal is missed.
+PEERS_ARGS ?=
+
+bench-peers: setup bench-deps
+	-@command -v java >/dev/null 2>&1 || $(SUDO) apt-get install -y openjdk-17-jre-headless || { $(SUDO) apt-get update && $(SUDO) apt-get install -y openjdk-17-jre-headless; }
+	@$(PY) -m export verify >/dev/null 2>&1 || $(MAKE) models
+	$(PY) -m load_tests.bench.peers_run $(PEERS_ARGS)
 
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[bench]'

@@ -1,4 +1,4 @@
-"""The baseline of load_tests/bench.py: a model server the way tutorials build one.
+"""The baseline of load_tests/bench: a model server the way tutorials build one.
 
 FastAPI + uvicorn, one worker, the PyTorch cnn run eagerly for every request in a sync
 handler (FastAPI's thread pool), PyTorch's default threads, no batching. Same weights as the

@@ -16,7 +16,9 @@ import json
 import os
 import tempfile
 
-from load_tests import bench
+from load_tests.bench.http import Server
+from load_tests.bench.inputs import ENDPOINTS as BENCH_ENDPOINTS, Store, make_payloads
+from load_tests.bench.wrk import run_wrk
 
 SETTINGS = [
     {},  # the defaults: 1 worker, 1 ONNX Runtime thread, no batch wait
@@ -37,20 +39,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per endpoint and setting")
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
-    payloads = bench.make_payloads(bench.Store())
-    endpoints = [ep for ep in bench.ENDPOINTS if ep.key in ENDPOINTS]
+    payloads = make_payloads(Store())
+    endpoints = [ep for ep in BENCH_ENDPOINTS if ep.key in ENDPOINTS]
     rows = []
     with tempfile.TemporaryDirectory(prefix="modelserve-sweep-") as workdir:
         for setting in SETTINGS:
-            server = bench.Server("bentoml", setting, workdir)
+            server = Server("bentoml", setting, workdir)
             try:
                 for ep in endpoints:
                     body_file = os.path.join(workdir, ep.body)
                     with open(body_file, "wb") as f:
                         f.write(getattr(payloads, ep.body))
                     content_type = payloads.image_form_type if ep.content_type == "form" else ep.content_type
-                    bench.run_wrk(server.url + ep.path, body_file, content_type, args.concurrency, 2)  # warm-up
-                    figures, _ = bench.run_wrk(server.url + ep.path, body_file, content_type, args.concurrency, args.seconds)
+                    run_wrk(server.url + ep.path, body_file, content_type, args.concurrency, 2)  # warm-up
+                    figures, _ = run_wrk(server.url + ep.path, body_file, content_type, args.concurrency, args.seconds)
                     rows.append({"setting": label(setting), "endpoint": ep.path, **figures})
                     print(f"{label(setting):<24} {ep.path:<12} {figures['rps_ok']:7.1f} req/s  p50 {figures['p50_ms']:6.1f} ms  "
                           f"p99 {figures['p99_ms']:6.1f} ms  non-2xx {figures['non2xx']}  errors {figures['socket_errors']}", flush=True)

@@ -1,4 +1,4 @@
-"""The pure parts of load_tests/bench.py: wrk output, request bodies, targets, metrics, /proc.
+"""The pure parts of load_tests/bench/: wrk output, request bodies, targets, metrics, /proc.
 No server, no wrk, no timing here: `make bench` runs the benchmark itself."""
 
 import email
@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from load_tests import bench
+from load_tests.bench import common, http, inputs, procstat, profiling, wrk
+from load_tests.bench import targets as bench_targets
 
 WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:3000/classify
   1 threads and 32 connections
@@ -23,7 +24,7 @@ WRK_JSON {"duration_us": 10000000, "requests": 6400, "bytes": 1048576, "errors":
 
 
 def test_parse_wrk_reads_the_scripts_json_line():
-    r = bench.parse_wrk(WRK_OUTPUT)
+    r = wrk.parse_wrk(WRK_OUTPUT)
     assert r["seconds"] == 10.0
     assert r["requests"] == 6400
     assert r["ok"] == 6360 and r["non2xx"] == 40
@@ -37,12 +38,12 @@ def test_parse_wrk_reads_the_scripts_json_line():
 
 def test_parse_wrk_without_the_json_line_says_so():
     with pytest.raises(ValueError, match="WRK_JSON"):
-        bench.parse_wrk("Running 10s test @ http://x\nunable to connect to 127.0.0.1:1 Connection refused\n")
+        wrk.parse_wrk("Running 10s test @ http://x\nunable to connect to 127.0.0.1:1 Connection refused\n")
 
 
 def test_multipart_body_is_a_valid_form():
     png = b"\x89PNG\r\n\x1a\n\x00binary\r\n--not-the-boundary"
-    body = bench.multipart_body({"model": "cnn"}, {"image": ("digit.png", "image/png", png)}, "b0undary")
+    body = inputs.multipart_body({"model": "cnn"}, {"image": ("digit.png", "image/png", png)}, "b0undary")
     message = email.message_from_bytes(b"Content-Type: multipart/form-data; boundary=b0undary\r\n\r\n" + body)
     parts = {p.get_param("name", header="content-disposition"): p for p in message.get_payload()}
     assert parts["model"].get_payload() == "cnn"
@@ -53,31 +54,31 @@ def test_multipart_body_is_a_valid_form():
 
 
 def test_target_verdicts_say_pass_or_miss_and_by_how_much():
-    under = bench.Target("p50 overhead", 1.5, 2.0, "<=", "ms")
-    over = bench.Target("p50 overhead", 3.25, 2.0, "<=", "ms")
-    enough = bench.Target("vs naive", 3.5, 3.0, ">=", "x")
-    short = bench.Target("vs naive", 2.0, 3.0, ">=", "x")
-    missing = bench.Target("vs no-op", None, 0.7, ">=", "x", missing="/noop not measured")
+    under = common.Target("p50 overhead", 1.5, 2.0, "<=", "ms")
+    over = common.Target("p50 overhead", 3.25, 2.0, "<=", "ms")
+    enough = common.Target("vs naive", 3.5, 3.0, ">=", "x")
+    short = common.Target("vs naive", 2.0, 3.0, ">=", "x")
+    missing = common.Target("vs no-op", None, 0.7, ">=", "x", missing="/noop not measured")
     assert (under.passed, under.verdict()) == (True, "PASS (0.50 ms to spare)")
     assert (over.passed, over.verdict()) == (False, "MISS by 1.25 ms")
     assert (enough.passed, enough.verdict()) == (True, "PASS (0.50x to spare)")
     assert (short.passed, short.verdict()) == (False, "MISS by 1.00x")
     assert (missing.passed, missing.verdict()) == (None, "n/a (/noop not measured)")
-    assert bench.Target("exactly", 2.0, 2.0, "<=", "ms").passed
+    assert common.Target("exactly", 2.0, 2.0, "<=", "ms").passed
 
 
 def test_targets_table_has_one_row_per_target():
     targets = [
-        bench.Target("cold start", 7.0, 10.0, "<=", "s"),
-        bench.Target("accuracy drop", 0.56, 0.5, "<=", "points"),
-        bench.Target("vs no-op", None, 0.7, ">=", "x", missing="not measured"),
+        common.Target("cold start", 7.0, 10.0, "<=", "s"),
+        common.Target("accuracy drop", 0.56, 0.5, "<=", "points"),
+        common.Target("vs no-op", None, 0.7, ">=", "x", missing="not measured"),
     ]
-    table = bench.targets_table(targets).splitlines()
+    table = common.targets_table(targets).splitlines()
     assert table[0] == "| target | measured | limit | result |"
     assert table[2] == "| cold start | 7.00 s | <= 10.00 s | PASS (3.00 s to spare) |"
     assert table[3] == "| accuracy drop | 0.56 points | <= 0.50 points | MISS by 0.06 points |"
     assert table[4] == "| vs no-op | n/a | >= 0.70x | n/a (not measured) |"
-    text = bench.targets_text(targets).splitlines()
+    text = common.targets_text(targets).splitlines()
     assert [line[:4] for line in text] == ["PASS", "MISS", "N/A "]
 
 
@@ -96,7 +97,7 @@ def test_compute_targets_from_measured_figures():
         "timings": {"endpoint|classify|model": {"median_ms": 0.3}},
         "quantization": {"latency_ms": {32: {"resnet": 10.0, "resnet-int8": 6.0}}, "accuracy": {"resnet": 0.9972, "resnet-int8": 0.9944}},
     }
-    targets = {t.name.split(" (")[0]: t for t in bench.compute_targets(inproc, http)}
+    targets = {t.name.split(" (")[0]: t for t in bench_targets.compute_targets(inproc, http)}
     assert len(targets) == 6
     overhead = next(t for name, t in targets.items() if name.startswith("cnn /classify p50"))
     assert overhead.measured == pytest.approx(2.2) and overhead.passed is False
@@ -126,11 +127,11 @@ def test_parse_batch_rows_sums_over_versions():
             'other_count{model="cnn"} 99',
         ]
     )
-    assert bench.parse_batch_rows(text) == {"cnn": {"batches": 12.0, "rows": 84.0}, "gan": {"batches": 5.0, "rows": 5.0}}
+    assert http.parse_batch_rows(text) == {"cnn": {"batches": 12.0, "rows": 84.0}, "gan": {"batches": 5.0, "rows": 5.0}}
 
 
 def test_process_tree_cpu_follows_parent_pids(tmp_path):
-    tick = bench.CLK_TCK
+    tick = procstat.CLK_TCK
 
     def stat(pid, comm, ppid, utime, stime):
         folder = tmp_path / str(pid)
@@ -143,14 +144,14 @@ def test_process_tree_cpu_follows_parent_pids(tmp_path):
     stat(102, "thread) x", 101, tick, tick)
     stat(200, "other", 1, 50 * tick, 0)
     (tmp_path / "self").mkdir()
-    assert sorted(bench.process_tree(100, bench.read_proc_stats(str(tmp_path)))) == [100, 101, 102]
-    assert bench.process_tree_cpu_seconds(100, str(tmp_path)) == pytest.approx(10.0)
-    assert bench.process_tree_cpu_seconds(999, str(tmp_path)) == 0.0
+    assert sorted(procstat.process_tree(100, procstat.read_proc_stats(str(tmp_path)))) == [100, 101, 102]
+    assert procstat.process_tree_cpu_seconds(100, str(tmp_path)) == pytest.approx(10.0)
+    assert procstat.process_tree_cpu_seconds(999, str(tmp_path)) == 0.0
 
 
 def test_the_wrk_script_prints_what_parse_wrk_reads():
-    script = open(os.path.join(bench.ROOT, "load_tests", "wrk", "post.lua")).read()
-    assert bench.WRK_JSON_PREFIX.strip() in script
+    script = open(os.path.join(common.ROOT, "load_tests", "wrk", "post.lua")).read()
+    assert wrk.WRK_JSON_PREFIX.strip() in script
     for key in ("duration_us", "requests", "errors", "latency_us", "statuses", "p50", "p95", "p99"):
         assert f'"{key}' in script
 
@@ -163,7 +164,7 @@ def test_summarize_profile_splits_threads_and_counts_innermost_frames():
     raw = "\n".join(
         [
             f"{loop};validate ({site}/pydantic/main.py:847) 6",
-            f"{loop};classify ({bench.ROOT}/service/service.py:249) 3",
+            f"{loop};classify ({common.ROOT}/service/service.py:249) 3",
             f"{loop};trace ({site}/opentelemetry/sdk/trace/__init__.py:10) 1",
             f"{loop} 10",  # the event loop waiting
             f"{pool};run ({site}/onnxruntime/capi/session.py:406) 4",
@@ -171,7 +172,7 @@ def test_summarize_profile_splits_threads_and_counts_innermost_frames():
             "not a line",
         ]
     )
-    summary = bench.summarize_profile(raw)
+    summary = profiling.summarize_profile(raw)
     assert summary["samples"] == 28
     event_loop, batch = summary["threads"]["event loop"], summary["threads"]["batch"]
     assert list(summary["threads"]) == ["event loop", "batch"]
@@ -187,5 +188,5 @@ def test_summarize_profile_splits_threads_and_counts_innermost_frames():
 
 
 def test_profile_section_says_why_there_is_no_profile():
-    assert bench.profile_section(None) == []
-    assert "py-spy not installed" in "\n".join(bench.profile_section({"missing": "py-spy not installed"}))
+    assert profiling.profile_section(None) == []
+    assert "py-spy not installed" in "\n".join(profiling.profile_section({"missing": "py-spy not installed"}))

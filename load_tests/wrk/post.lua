@@ -1,4 +1,4 @@
--- wrk script of load_tests/bench.py: POST the bytes of $WRK_BODY_FILE (JSON or a multipart
+-- wrk script of load_tests/bench (wrk.py): POST the bytes of $WRK_BODY_FILE (JSON or a multipart
 -- form) with Content-Type $WRK_CONTENT_TYPE on every request, count the answers by HTTP
 -- status, and print one JSON line (prefix WRK_JSON) with the figures bench.py reads.
 
@@ -8,6 +8,10 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = os.getenv("WRK_CONTENT_TYPE") or "application/json"
+-- more headers, one "Name: value" a line (the V2 binary extension's Inference-Header-Content-Length)
+for name, value in string.gmatch(os.getenv("WRK_HEADERS") or "", "([^:\n]+):%s*([^\n]*)") do
+  wrk.headers[name] = value
+end
 
 local threads = {}
 

@@ -1,0 +1,58 @@
+"""CPU seconds and resident memory of a server's process tree, read from /proc."""
+
+from __future__ import annotations
+
+import os
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def read_proc_stats(proc: str = "/proc") -> dict[int, tuple[int, float]]:
+    """{pid: (parent pid, user + system CPU seconds)} of every live process."""
+    out = {}
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, entry, "stat")) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+        out[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK)  # ppid; utime + stime
+    return out
+
+
+def process_tree(root: int, stats: dict[int, tuple[int, float]]) -> list[int]:
+    """`root` and all its live descendants (BentoML's workers run in sessions of their own, so
+    the tree is followed by parent pid)."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def process_tree_cpu_seconds(root: int, proc: str = "/proc") -> float:
+    """User + system CPU seconds of a server and every process under it."""
+    stats = read_proc_stats(proc)
+    return sum(stats[pid][1] for pid in process_tree(root, stats))
+
+
+def process_tree_rss_bytes(root: int, proc: str = "/proc") -> int:
+    """Resident memory of a server and every process under it (the sum of their RSS, so pages
+    they share are counted once per process)."""
+    total = 0
+    for pid in process_tree(root, read_proc_stats(proc)):
+        try:
+            with open(os.path.join(proc, str(pid), "statm")) as f:
+                total += int(f.read().split()[1]) * PAGE_SIZE
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
