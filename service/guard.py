@@ -117,6 +117,9 @@ def _keys(environ, setting: str = "MODELSERVE_API_KEYS") -> tuple[str, ...]:
 class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     max_concurrency: int = 128  # per worker; 0: no limit
+    # Request bodies held by one worker at once (0: no limit). A parsed JSON body takes several
+    # times its size in Python objects: 64 MiB keeps one worker of the pod's 1 GiB limit inside it.
+    max_inflight_bytes: int = 64 * 1024 * 1024
     request_timeout_s: float = 30.0  # 0: no limit
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     protect_metrics: bool = False
@@ -129,6 +132,7 @@ class Settings:
         return cls(
             max_body_bytes=_number(environ, "MODELSERVE_MAX_BODY_BYTES", defaults.max_body_bytes, minimum=1),
             max_concurrency=_number(environ, "MODELSERVE_MAX_CONCURRENCY", defaults.max_concurrency),
+            max_inflight_bytes=_number(environ, "MODELSERVE_MAX_INFLIGHT_BYTES", defaults.max_inflight_bytes),
             request_timeout_s=_number(environ, "MODELSERVE_REQUEST_TIMEOUT_S", defaults.request_timeout_s, kind=float),
             api_keys=_keys(environ),
             protect_metrics=_flag(environ, "MODELSERVE_PROTECT_METRICS"),
@@ -155,6 +159,7 @@ class _Exchange:
 
     received: int = 0
     too_large: bool = False
+    too_busy: bool = False  # the worker's bodies in flight passed their budget
     timed_out: bool = False
     app_started: bool = False  # the application began its answer
     sent: bool = False  # an answer began downstream
@@ -171,6 +176,7 @@ class Guard:
         self.app = app
         self.settings = settings or SETTINGS
         self.active = 0
+        self.inflight_bytes = 0  # request bytes received by the requests in progress
         self._key_digests = tuple(_digest(k.encode("utf-8")) for k in self.settings.api_keys)
         self._admin_digests = tuple(_digest(k.encode("utf-8")) for k in self.settings.admin_keys)
 
@@ -201,6 +207,11 @@ class Guard:
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
             return await error.response()(scope, receive, send)
+
+        declared = int(headers.get(b"content-length", b"0") or 0)  # a number: _refusal checked it
+        budget = self.settings.max_inflight_bytes
+        if not exempt and budget and self.active and self.inflight_bytes + declared > budget:
+            return await self._busy().response()(scope, receive, send)
 
         if not exempt:
             self.active += 1
@@ -246,6 +257,16 @@ class Guard:
                 return self._too_large()
         return None
 
+    def _busy(self) -> ClientError:
+        REFUSED.labels(reason="overloaded").inc()
+        return ClientError(
+            "body",
+            f"more than {self.settings.max_inflight_bytes} bytes of request bodies in progress in this worker; retry after {RETRY_AFTER_S} s",
+            "overloaded",
+            429,
+            {"Retry-After": str(RETRY_AFTER_S), "Connection": "close"},
+        )
+
     def _too_large(self) -> ClientError:
         return ClientError(
             "body",
@@ -275,20 +296,33 @@ class Guard:
     async def _run(self, scope, receive, send) -> None:
         path = scope.get("path", "")
         state = _Exchange(keep_errors=scope.get("method") == "HEAD", protocol_errors=path == "/v2" or path.startswith("/v2/"))
+        try:
+            await self._exchange(state, scope, receive, send)
+        finally:
+            self.inflight_bytes -= state.received
+
+    async def _exchange(self, state: _Exchange, scope, receive, send) -> None:
         max_body = self.settings.max_body_bytes
         refusals: list[ClientError] = []
+
+        budget = self.settings.max_inflight_bytes
 
         async def counted_receive():
             message = await receive()
             if message["type"] == "http.request":
-                state.received += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                state.received += size
+                self.inflight_bytes += size
                 if state.received > max_body:
                     state.too_large = True
                     raise BodyTooLarge(f"request body over {max_body} bytes")
+                if budget and self.inflight_bytes > budget and state.received < self.inflight_bytes:
+                    state.too_busy = True  # others hold bodies too: this one waits for another time
+                    raise BodyTooLarge(f"request bodies in progress over {budget} bytes")
             return message
 
         async def guarded_send(message) -> None:
-            if state.too_large or state.timed_out:
+            if state.too_large or state.too_busy or state.timed_out:
                 return  # the guard answers instead
             kind = message["type"]
             if kind == "http.response.start":
@@ -337,6 +371,10 @@ class Guard:
                 await error.response()(scope, receive, send)
             return
         failure = None if task.cancelled() else task.exception()
+        if state.too_busy:
+            if not state.sent:
+                await self._busy().response()(scope, receive, send)
+            return
         if state.too_large:
             if not state.sent:
                 REFUSED.labels(reason="body_too_large").inc()

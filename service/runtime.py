@@ -47,17 +47,26 @@ class LoadedModel:
             expected = metadata["onnx_files"]
         except (KeyError, TypeError, ValueError) as e:
             raise ModelLoadError(f"model {name}:{version}: metadata is incomplete ({e}); {fix}") from None
-        sessions = {}
-        for graph in spec.graphs:
-            file_path = os.path.join(path, graph.filename)
+        checksums = {**metadata.get("files", {}), **{f: info.get("sha256") for f, info in expected.items()}}
+
+        def checked(filename: str) -> str:
+            """The file's path, once its sha256 matches the one stored in the metadata."""
+            file_path = os.path.join(path, filename)
             if not os.path.isfile(file_path):
-                raise ModelLoadError(f"model {name}:{version}: {graph.filename} is missing; {fix}")
+                raise ModelLoadError(f"model {name}:{version}: {filename} is missing; {fix}")
+            if filename not in checksums:
+                raise ModelLoadError(f"model {name}:{version}: no sha256 for {filename} in its metadata; {fix}")
             actual = sha256_file(file_path)
-            if actual != expected.get(graph.filename, {}).get("sha256"):
+            if actual != checksums[filename]:
                 raise ModelLoadError(
-                    f"model {name}:{version}: {graph.filename} does not match the sha256 in its metadata "
+                    f"model {name}:{version}: {filename} does not match the sha256 in its metadata "
                     f"(file {actual[:12]}…); the file is damaged or was replaced; {fix}"
                 )
+            return file_path
+
+        sessions = {}
+        for graph in spec.graphs:
+            file_path = checked(graph.filename)
             try:
                 sessions[graph.filename] = ort.InferenceSession(
                     file_path, session_options(threads), providers=["CPUExecutionProvider"]
@@ -67,7 +76,7 @@ class LoadedModel:
         vocab = {}
         if spec.input_kind == "text":
             try:
-                with open(os.path.join(path, "vocab.json"), encoding="utf-8") as f:
+                with open(checked("vocab.json"), encoding="utf-8") as f:
                     vocab = json.load(f)
             except (OSError, ValueError) as e:
                 raise ModelLoadError(f"model {name}:{version}: vocab.json unreadable ({e}); {fix}") from None

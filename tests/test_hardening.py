@@ -169,6 +169,33 @@ def test_guard_answers_429_at_once_beyond_the_concurrency_limit_and_exempts_heal
     assert [f[0] for f in first] == [200, 200] and after[0] == 200 and active == 0
 
 
+def test_guard_bounds_the_request_bytes_a_worker_holds():
+    budget = 1000
+
+    async def scenario():
+        toy = Toy()
+        toy.release = asyncio.Event()
+        app = guard.Guard(toy, guard.Settings(max_inflight_bytes=budget))
+        held = [asyncio.create_task(exchange(app, headers={"Content-Length": "400"}, chunks=(b"x" * 400,))) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        declared = await exchange(app, headers={"Content-Length": "400"}, chunks=(b"x" * 400,))
+        streamed = await exchange(app, chunks=(b"x" * 150,) * 2)  # no length: counted as it arrives
+        small = asyncio.create_task(exchange(app, headers={"Content-Length": "100"}, chunks=(b"x" * 100,)))
+        await asyncio.sleep(0.05)
+        toy.release.set()
+        done = await asyncio.gather(*held, small)
+        after = await exchange(app, headers={"Content-Length": "900"}, chunks=(b"x" * 900,))
+        return declared, streamed, done, after, app.inflight_bytes, app.active
+
+    declared, streamed, done, after, inflight, active = run(scenario())
+    assert declared[0] == 429 and declared[1]["retry-after"] == "1" and json.loads(declared[2])["error"] == "overloaded"
+    assert streamed[0] == 429, "a chunked body past the budget"
+    assert [d[0] for d in done] == [200, 200, 200] and after[0] == 200
+    assert inflight == 0 and active == 0
+    alone = run(exchange(guard.Guard(Toy(), guard.Settings(max_inflight_bytes=budget)), headers={"Content-Length": "5000"}, chunks=(b"x" * 5000,)))
+    assert alone[0] == 200, "a request alone in its worker is bounded by the body limit only"
+
+
 def test_guard_answers_504_when_the_app_is_too_slow_and_cancels_it():
     async def scenario():
         toy = Toy()
@@ -748,6 +775,10 @@ def test_a_worker_killed_with_sigkill_is_replaced(tight):
     (worker,) = launcher.workers(process)
     started = time.monotonic()
     os.kill(worker.pid, signal.SIGKILL)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # sent while no worker runs: the backlog holds them
+        meanwhile = [pool.submit(requests.post, f"{url}/classify", json={"images": [ZERO_IMAGE]}, headers=auth(), timeout=90) for _ in range(2)]
+        answered = [f.result().status_code for f in meanwhile]
+    assert answered == [200, 200], answered
     recovered = None
     while time.monotonic() - started < 90:
         try:
@@ -802,6 +833,11 @@ def missing_model(models: Path) -> None:
     shutil.rmtree(models / "sentiment")
 
 
+def edited_vocabulary(models: Path) -> None:
+    vocab = version_dir(models, "sentiment") / "vocab.json"
+    vocab.write_text(vocab.read_text(encoding="utf-8").replace("1", "2", 1), encoding="utf-8")
+
+
 def empty_store(models: Path) -> None:
     for folder in models.iterdir():
         shutil.rmtree(folder)
@@ -811,6 +847,7 @@ DAMAGES = {
     "sha256": (appended_bytes, ["model cnn:", "does not match the sha256", "python -m export cnn"]),
     "unloadable": (garbage_with_its_sha256, ["model resnet:", "ONNX Runtime cannot load model.onnx", "python -m export resnet"]),
     "missing": (missing_model, ["is not in the model store", "sentiment", "make models"]),
+    "vocabulary": (edited_vocabulary, ["model sentiment:", "vocab.json does not match the sha256", "python -m export sentiment"]),
     "empty": (empty_store, ["no model in the model store", "make models", "python -m export import"]),
 }
 

@@ -177,6 +177,14 @@ def test_gan_same_seed_same_bytes(server, local):
         assert image.size == (28, 28)
 
 
+def test_same_seed_same_bytes_when_batched_with_other_requests(server):
+    bodies = [{"n": 3, "seed": 99} if i % 2 == 0 else {"n": 1 + i % 4, "seed": i} for i in range(24)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(lambda body: post(server, "/gan/generate", json=body), bodies))
+    assert all(a.status_code == 200 for a in answers)
+    assert len({a.content for a, body in zip(answers, bodies) if body["seed"] == 99}) == 1
+
+
 def test_generation_without_seed_reports_the_seed_it_drew(server):
     answer = post(server, "/vae/sample", json={"n": 3, "format": "array"})
     assert answer.status_code == 200
