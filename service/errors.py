@@ -123,6 +123,26 @@ def _with_body(start: dict, status: int, new: dict) -> tuple[dict, bytes]:
     return {**start, "status": status, "headers": headers}, payload
 
 
+# The schema's own refusals (pydantic's error types) under the codes the service's checks use.
+SCHEMA_CODES = {
+    "extra_forbidden": "unknown_field",
+    "string_too_long": "text_too_long",
+    "string_too_short": "empty_text",
+    "string_pattern_mismatch": "empty_text",
+    "too_short": "empty",
+    "too_long": "too_many_items",
+}
+RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}
+
+
+def schema_code(item: dict) -> str:
+    kind, loc = item.get("type"), item.get("loc") or ()
+    if kind in RANGE_ERRORS and loc:
+        field = str(loc[0])
+        return "n_out_of_range" if field == "n" else "seed_out_of_range" if field.startswith("seed") else "out_of_range"
+    return SCHEMA_CODES.get(kind, "invalid_input")
+
+
 def normalized_error(status: int, body: bytes, content_type: str) -> dict | None:
     """{"error", "detail", "field"} for an error body of another shape; None if it has the shape."""
     code = ERROR_CODES.get(status) or ("bad_request" if status < 500 else "internal_error")
@@ -136,10 +156,8 @@ def normalized_error(status: int, body: bytes, content_type: str) -> dict | None
         items = [item for item in data["detail"] if isinstance(item, dict)]
         if items and any(item.get("type") == "json_invalid" for item in items):
             code = "invalid_json"
-        elif items and all(item.get("type") == "extra_forbidden" for item in items):
-            code = "unknown_field"
         elif status == 400:
-            code = "invalid_input"
+            code = schema_code(items[0]) if items else "invalid_input"
         parts = [f"{_location(item.get('loc')) or 'body'}: {item.get('msg', '')}" for item in items[:5]]
         if len(items) > 5:
             parts.append(f"and {len(items) - 5} more")

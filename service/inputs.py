@@ -173,16 +173,13 @@ def generation(n: int, seed: int | None, seed_field: str = "seed") -> np.random.
 
 
 def class_labels(label, n: int, labels: tuple[str, ...], field: str = "label") -> np.ndarray | None:
-    """`label`: None, one class (its index or its name) for all n images, or a list of n -> int64 [n]."""
+    """`label`: None, one class index for all n images, or a list of n -> int64 [n]."""
     if label is None:
         return None
     asked = label if isinstance(label, list) else [label] * n
     if len(asked) != n:
         raise ClientError(field, f"{len(asked)} labels for {n} images: give one label, or one per image", "bad_label")
-    indices = []
     for item in asked:
-        name = str(item)
-        if isinstance(item, bool) or name not in labels:
-            raise ClientError(field, f"{item!r} is not one of the classes {list(labels)}", "bad_label")
-        indices.append(labels.index(name))
-    return np.asarray(indices, dtype=np.int64)
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < len(labels):
+            raise ClientError(field, f"{item!r} is not a class index from 0 to {len(labels) - 1} (classes {list(labels)})", "bad_label")
+    return np.asarray(asked, dtype=np.int64)

@@ -210,3 +210,39 @@ def forbid_unknown_fields(service) -> None:
     for api in service.apis.values():
         api.input_spec.model_config["extra"] = "forbid"
         api.input_spec.model_rebuild(force=True)
+
+
+def document_answers(service, media_types: dict[str, tuple[str, ...]]) -> None:
+    """The OpenAPI document as the service answers: the media types an API also answers
+    ({route: ("image/png", ...)}) beside the one BentoML documents from its return annotation,
+    and a request body marked required where its schema has required fields (BentoML leaves it
+    optional, so an empty POST looked valid)."""
+    from _bentoml_sdk.service.factory import Service
+    from bentoml._internal.service.openapi.specification import MediaType, Schema
+
+    generated = Service.openapi_spec
+
+    def part(value, name):
+        return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+
+    def openapi_spec(self):
+        spec = generated.fget(self)
+        if self is not service:
+            return spec
+        for route, item in spec.paths.items():
+            post = part(item, "post")
+            if post is None:
+                continue
+            body = part(post, "requestBody")
+            schemas = [part(m, "schema") for m in (part(body, "content") or {}).values()] if body is not None else []
+            if any(part(s, "required") for s in schemas if s is not None):
+                if isinstance(body, dict):
+                    body["required"] = True
+                else:
+                    body.required = True
+            for media_type in media_types.get(route, ()):
+                answer = next(value for status, value in part(post, "responses").items() if str(status) == "200")
+                part(answer, "content")[media_type] = MediaType(schema=Schema(type="string", format="binary"))
+        return spec
+
+    Service.openapi_spec = property(openapi_spec)

@@ -16,7 +16,7 @@ import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
@@ -38,9 +38,19 @@ WORKERS = int(os.environ.get("MODELSERVE_WORKERS", 1))
 ORT_THREADS = int(os.environ.get("MODELSERVE_ORT_THREADS", 1))
 NOOP_ROUTE = os.environ.get("MODELSERVE_NOOP_ROUTE", "").lower() == "true"
 
+# Every limit is in the schema, so the OpenAPI document says what the service takes; integers
+# are strict (no "2" for 2, no true for 1). Nullable fields say so (BentoML's document drops the
+# null of a union).
 OutputFormat = Literal["png", "base64", "array"]
-TopK = Annotated[int, Field(ge=1, le=10, description="How many labels per item, most probable first")]
-Label = int | str | list[int | str] | None
+TopK = Annotated[int, Field(ge=1, le=10, strict=True, description="How many labels per item, most probable first")]
+Count = Annotated[int, Field(ge=1, le=inputs.MAX_GENERATED, strict=True, description="How many images")]
+Seed = Annotated[int, Field(ge=0, le=inputs.MAX_SEED, strict=True)]
+Steps = Annotated[int, Field(ge=2, le=32, strict=True, description="Images in the strip, both ends included")]
+NULLABLE = {"nullable": True}
+Text = Annotated[str, Field(min_length=1, max_length=inputs.MAX_TEXT_CHARS, pattern=r"\S")]
+# A class index, or one per image; validated by inputs.class_labels (BentoML's document keeps
+# only the first type of a union, so the field carries its own schema).
+LABEL_SCHEMA = {"nullable": True, "oneOf": [{"type": "integer", "minimum": 0}, {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}]}
 
 # Decoding and framing an upload (up to 16 megapixels) would stall every other request of the
 # worker if it ran on the event loop.
@@ -176,7 +186,10 @@ class ModelServe:
     async def classify(
         self,
         ctx: bentoml.Context,
-        images: list = Field(description="Images in [0, 1]: [N, H, W] (one channel) or [N, C, H, W] at the model's size; digits: 28x28, ink bright"),
+        images: list[list[list]] = Field(
+            min_length=1, max_length=inputs.MAX_ITEMS,
+            description="Images in [0, 1]: [N, H, W] (one channel) or [N, C, H, W] at the model's size; digits: 28x28, ink bright",
+        ),
         model: str = Field(DEFAULT_MODEL[IMAGE_CLASSIFICATION], description="An image-classification model (GET /models)"),
         top_k: TopK = 3,
     ) -> dict:
@@ -212,7 +225,7 @@ class ModelServe:
     async def sentiment(
         self,
         ctx: bentoml.Context,
-        texts: list[str] = Field(description="Texts to classify (Chinese product reviews)"),
+        texts: list[Text] = Field(min_length=1, max_length=inputs.MAX_ITEMS, description="Texts to classify (Chinese product reviews)"),
         model: str = Field(DEFAULT_MODEL[TEXT_CLASSIFICATION], description="A text-classification model (GET /models)"),
     ) -> dict:
         """Label and probability per text."""
@@ -226,7 +239,7 @@ class ModelServe:
 
     # Image generation.
 
-    async def _generated(self, route: ModelRoute, method: str, n: int, seed: int | None, output: str, label: Label = None):
+    async def _generated(self, route: ModelRoute, method: str, n: int, seed: int | None, output: str, label=None):
         if seed is None:
             seed = secrets.randbits(63)
         rng = inputs.generation(n, seed)
@@ -253,10 +266,10 @@ class ModelServe:
     async def gan_generate(
         self,
         ctx: bentoml.Context,
-        n: int = 16,
-        seed: int | None = None,
+        n: Count = 16,
+        seed: Seed | None = Field(None, json_schema_extra=NULLABLE, description="Same seed, same images; none: a random one, reported"),
         format: OutputFormat = "png",
-        label: Label = Field(None, description="A class (e.g. 3), or one per image, for a conditional generator; none: classes drawn at random"),
+        label: Any = Field(None, json_schema_extra=LABEL_SCHEMA, description="A class index (e.g. 3), or one per image, for a conditional generator; none: classes drawn at random"),
         model: str = Field(DEFAULT_MODEL[IMAGE_GENERATION], description="An image-generation model (GET /models)"),
     ) -> dict:
         """`n` generated images from `seed` (same seed, same images): a PNG grid, or JSON with
@@ -270,8 +283,8 @@ class ModelServe:
     async def vae_sample(
         self,
         ctx: bentoml.Context,
-        n: int = 16,
-        seed: int | None = None,
+        n: Count = 16,
+        seed: Seed | None = Field(None, json_schema_extra=NULLABLE, description="Same seed, same images; none: a random one, reported"),
         format: OutputFormat = "png",
         model: str = Field(DEFAULT_MODEL[AUTOENCODER], description="A variational-autoencoder model (GET /models)"),
     ) -> dict:
@@ -307,9 +320,9 @@ class ModelServe:
     async def vae_interpolate(
         self,
         ctx: bentoml.Context,
-        seed_a: int = 0,
-        seed_b: int = 1,
-        steps: Annotated[int, Field(ge=2, le=32)] = 8,
+        seed_a: Seed = 0,
+        seed_b: Seed = 1,
+        steps: Steps = 8,
         model: str = Field(DEFAULT_MODEL[AUTOENCODER], description="A variational-autoencoder model (GET /models)"),
     ) -> Image.Image:
         """A PNG strip decoded along the straight line between the latents of two seeds."""
@@ -327,7 +340,7 @@ class ModelServe:
         ctx: bentoml.Context,
         image_a: Path,
         image_b: Path,
-        steps: Annotated[int, Field(ge=2, le=32)] = 8,
+        steps: Steps = 8,
         model: str = Field(DEFAULT_MODEL[AUTOENCODER], description="A variational-autoencoder model (GET /models)"),
     ) -> Image.Image:
         """A PNG strip from one uploaded image to another, through the VAE's latent space."""
@@ -343,3 +356,4 @@ class ModelServe:
 
 ModelServe.add_asgi_middleware(guard.Guard)
 patches.forbid_unknown_fields(ModelServe)
+patches.document_answers(ModelServe, {"/gan/generate": ("image/png",), "/vae/sample": ("image/png",)})

@@ -227,8 +227,9 @@ ZERO_IMAGE = [[0.0] * 28] * 28
 
 CLIENT_MISTAKES = [
     ("/classify", {"data": b'{"images": [[1, 2', "headers": {"content-type": "application/json"}}, None),
-    ("/classify", {"json": {"images": [[1, 2]]}}, "bad_shape"),
-    ("/classify", {"json": {"images": []}}, "bad_shape"),
+    ("/classify", {"json": {"images": [[1, 2]]}}, "invalid_input"),
+    ("/classify", {"json": {"images": [[[1, 2]]]}}, "bad_shape"),
+    ("/classify", {"json": {"images": []}}, "empty"),
     ("/classify", {"json": {"images": [ZERO_IMAGE] * 65}}, "too_many_items"),
     ("/classify", {"data": '{"images": [%s]}' % str(NAN_IMAGE).replace("nan", "NaN"), "headers": {"content-type": "application/json"}}, "not_finite"),
     ("/classify", {"json": {"images": [[[255.0] * 28] * 28]}}, "out_of_range"),
