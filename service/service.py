@@ -53,11 +53,14 @@ Text = Annotated[str, Field(min_length=1, max_length=inputs.MAX_TEXT_CHARS, patt
 LABEL_SCHEMA = {"nullable": True, "oneOf": [{"type": "integer", "minimum": 0}, {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}]}
 
 # Decoding and framing an upload (up to 16 megapixels) would stall every other request of the
-# worker if it ran on the event loop.
-DECODE_POOL = ThreadPoolExecutor(max_workers=int(os.environ.get("MODELSERVE_DECODE_THREADS", 2)), thread_name_prefix="decode")
+# worker if it ran on the event loop (MODELSERVE_DECODE_THREADS=0 does that, for the benchmark).
+DECODE_THREADS = int(os.environ.get("MODELSERVE_DECODE_THREADS", 2))
+DECODE_POOL = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode") if DECODE_THREADS else None
 
 
 async def off_the_loop(function, *args):
+    if DECODE_POOL is None:
+        return function(*args)
     return await asyncio.get_running_loop().run_in_executor(DECODE_POOL, function, *args)
 
 

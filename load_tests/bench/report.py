@@ -92,6 +92,7 @@ def write_report(path: str, data: dict, targets: list[Target], plots: dict[str, 
     lines += http_sections(data, plots)
     lines += profile_section(data["http"].get("profile"))
     lines += versions_section(data.get("versions") or {})
+    lines += uploads_section(data.get("uploads") or {})
     lines += [
         "## Method",
         "",
@@ -283,6 +284,28 @@ def versions_section(versions: dict) -> list[str]:
         markdown_table(["model", "added MiB", "server MiB after"], rows),
         "",
         f"All second versions together: {memory['all_models_added_mib']:+.1f} MiB.",
+        "",
+    ]
+    return lines
+
+
+def uploads_section(uploads: dict) -> list[str]:
+    """/classify beside large uploads, decoded in a pool or on the event loop (load_tests/bench/uploads.py)."""
+    if not uploads:
+        return []
+    lines = ["## 7. Large uploads beside small requests", ""]
+    if "error" in uploads:
+        return lines + [f"Not measured: {uploads['error']}", ""]
+    rows = []
+    for label in dict.fromkeys(p["server"] for p in uploads["points"]):
+        mine = [p for p in uploads["points"] if p["server"] == label]
+        rows.append([label, f"{sum(p['rps_ok'] for p in mine) / len(mine):,.0f}", f"{sum(p['p50_ms'] for p in mine) / len(mine):.2f}",
+                     f"{sum(p['p99_ms'] for p in mine) / len(mine):.2f}", f"{sum(p['uploads_ok'] for p in mine)}/{sum(p['uploads'] for p in mine)}"])
+    lines += [
+        f"`/classify` (one digit, JSON) at c={uploads['concurrency']} while another client sends {uploads['side']}x{uploads['side']} PNG "
+        f"uploads ({uploads['upload_bytes'] / 2**20:.1f} MiB) to `/classify/image` one after another; two servers, interleaved rounds:",
+        "",
+        markdown_table(["uploads decoded", "/classify req/s", "p50 ms", "p99 ms", "uploads answered 200"], rows),
         "",
     ]
     return lines
