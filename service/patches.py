@@ -212,13 +212,15 @@ def forbid_unknown_fields(service) -> None:
         api.input_spec.model_rebuild(force=True)
 
 
-def document_answers(service, media_types: dict[str, tuple[str, ...]]) -> None:
+def document_answers(service, media_types: dict[str, tuple[str, ...]], paths: dict) -> None:
     """The OpenAPI document as the service answers: the media types an API also answers
     ({route: ("image/png", ...)}) beside the one BentoML documents from its return annotation,
-    and a request body marked required where its schema has required fields (BentoML leaves it
-    optional, so an empty POST looked valid)."""
+    a request body marked required where its schema has required fields (BentoML leaves it
+    optional, so an empty POST looked valid), and `paths` (OpenAPI path items, as dicts) for
+    the routes that are not BentoML APIs."""
     from _bentoml_sdk.service.factory import Service
-    from bentoml._internal.service.openapi.specification import MediaType, Schema
+    from bentoml._internal.service.openapi.specification import MediaType, PathItem, Schema
+    from bentoml._internal.utils.cattr import bentoml_cattr
 
     generated = Service.openapi_spec
 
@@ -243,6 +245,7 @@ def document_answers(service, media_types: dict[str, tuple[str, ...]]) -> None:
             for media_type in media_types.get(route, ()):
                 answer = next(value for status, value in part(post, "responses").items() if str(status) == "200")
                 part(answer, "content")[media_type] = MediaType(schema=Schema(type="string", format="binary"))
+        spec.paths.update({route: bentoml_cattr.structure(item, PathItem) for route, item in paths.items()})
         return spec
 
     Service.openapi_spec = property(openapi_spec)

@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from modelspec import AUTOENCODER, DEFAULT_MODEL, IMAGE_CLASSIFICATION, IMAGE_GENERATION, TEXT_CLASSIFICATION  # noqa: E402
-from service import admin, guard, images, inputs, metrics, patches, state, stats, v2  # noqa: E402
+from service import admin, guard, images, inputs, metrics, openapi, patches, state, stats, v2  # noqa: E402
 from service.errors import ClientError, answers_client_errors  # noqa: E402
 from service.registry import Registry, Route as ModelRoute, check_once  # noqa: E402
 
@@ -359,4 +359,4 @@ class ModelServe:
 
 ModelServe.add_asgi_middleware(guard.Guard)
 patches.forbid_unknown_fields(ModelServe)
-patches.document_answers(ModelServe, {"/gan/generate": ("image/png",), "/vae/sample": ("image/png",)})
+patches.document_answers(ModelServe, {"/gan/generate": ("image/png",), "/vae/sample": ("image/png",)}, openapi.PATHS)
