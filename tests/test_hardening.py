@@ -610,8 +610,17 @@ CONTENT_RULES = {"bad_shape", "bad_array", "out_of_range", "no_content", "not_an
 
 
 def test_schemathesis_finds_no_server_error_and_no_contract_failure(server):
-    """For every operation of /docs.json: the valid bodies above, then FUZZ_EXAMPLES generated
-    requests that follow the schema and FUZZ_EXAMPLES that break it (hypothesis, derandomized),
+    schemathesis_run(server, FUZZ_EXAMPLES)
+
+
+@pytest.mark.slow
+def test_schemathesis_larger_run(server):
+    schemathesis_run(server, 300)
+
+
+def schemathesis_run(server: str, examples: int) -> None:
+    """For every operation of /docs.json: the valid bodies above, then `examples` generated
+    requests that follow the schema and as many that break it (hypothesis, derandomized),
     with every check of schemathesis: no 5xx; status codes, content types, headers and bodies
     as documented; a request that breaks the schema is refused. A request that follows it must
     be accepted, or refused for one of the CONTENT_RULES (checked here, by its error code)."""
@@ -653,7 +662,7 @@ def test_schemathesis_finds_no_server_error_and_no_contract_failure(server):
         modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if operation.method.upper() == "POST" else [])
         for mode in modes:
 
-            @settings(max_examples=FUZZ_EXAMPLES, derandomize=True, database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
+            @settings(max_examples=examples, derandomize=True, database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
                       suppress_health_check=list(HealthCheck))
             @given(case=operation.as_strategy(generation_mode=mode))
             def fuzz(case):
