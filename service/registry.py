@@ -124,12 +124,11 @@ class Route:
     _shadow_call: tuple | None = field(default=None, repr=False)
 
     async def call(self, method: str, *args) -> dict[str, np.ndarray]:
-        labels = {"model": self.model, "version": self.primary.version}
         started = time.perf_counter()
         try:
             outputs = await getattr(self.primary, method)(*args)
         finally:
-            metrics.REQUEST_SECONDS.labels(**labels).observe(time.perf_counter() - started)
+            self.primary.request_seconds.observe(time.perf_counter() - started)
         if self.shadow is not None:
             self._shadow_call = (method, args, outputs)
         return outputs

@@ -165,12 +165,12 @@ class ModelServe:
         return self.registry.route(model, task, ctx.request.headers)
 
     def predictions(self, route: ModelRoute, probabilities: np.ndarray, top_k: int) -> list[list[dict]]:
-        labels, version = route.primary.spec.labels, route.primary.version
-        counter = metrics.PREDICTIONS
+        served = route.primary
+        labels = served.spec.labels
         found = []
         for row in probabilities:
             order = np.argsort(-row)[:top_k]
-            counter.labels(model=route.model, version=version, label=labels[order[0]]).inc()
+            served.predicted(labels[order[0]])
             found.append([{"label": labels[i], "probability": float(row[i])} for i in order])
         return found
 

@@ -54,6 +54,8 @@ class ServedModel:
         self.loaded, self.spec = loaded, loaded.spec
         self.name, self.version = loaded.name, loaded.version
         self.max_batch = 1 if self.spec.preprocessing.get("fixed_batch") else MAX_BATCH
+        self.request_seconds = metrics.REQUEST_SECONDS.labels(model=self.name, version=self.version)
+        self._predictions = {label: metrics.PREDICTIONS.labels(model=self.name, version=self.version, label=label) for label in self.spec.labels}
         self.batchers = self.make_batchers()
         self.views = self.make_views()
 
@@ -86,6 +88,9 @@ class ServedModel:
         def name(g):
             return self.name if len(graphs) == 1 else f"{self.name}-{g.filename.removesuffix('.onnx')}"
         return {name(g): TensorView(name(g), g.inputs, g.outputs, g.filename) for g in graphs}
+
+    def predicted(self, label: str) -> None:
+        self._predictions[label].inc()
 
     def output_kind(self, output: str) -> str:
         for view in self.views.values():

@@ -59,7 +59,7 @@ def run_http(store, payloads, profile, args, log) -> dict:
 # The measurement sections, in order: (key in bench.json, run(store, payloads, profile, args,
 # log) -> that key's figures). A new measurement (shadow on/off latency, a second version's
 # RSS, ...) is one more entry here, its report lines in report.py and its targets in targets.py.
-SECTIONS = [("in_process", run_in_process), ("http", run_http), ("versions", run_versions), ("uploads", run_uploads)]
+SECTIONS = [("in_process", run_in_process), ("http", run_http), ("model_versions", run_versions), ("uploads", run_uploads)]
 
 
 def main(argv: list[str] | None = None) -> int:

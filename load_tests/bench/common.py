@@ -162,3 +162,24 @@ def versions() -> dict:
         result = subprocess.run([wrk, "--version"], capture_output=True, text=True)
         out["wrk"] = (result.stdout + result.stderr).splitlines()[0].split(" [")[0].removeprefix("wrk ").strip()
     return out
+
+
+def run_section(run, render, argv=None) -> int:
+    """`python -m load_tests.bench.<section>`: one measurement section of `make bench` alone, on
+    the store in $BENTOML_HOME, printed as its part of the report (full profile; --quick)."""
+    import argparse
+    import time
+
+    from load_tests.bench.inputs import Store, make_payloads
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    args.skip_http = False
+    started = time.perf_counter()
+    store = Store()
+    figures = run(store, make_payloads(store), PROFILES["quick" if args.quick else "full"], args,
+                  lambda message: print(f"[{time.perf_counter() - started:6.1f} s] {message}", flush=True))
+    print("\n".join(render(figures)))
+    print(f"load average {os.getloadavg()[0]:.2f}; {time.perf_counter() - started:.0f} s")
+    return 1 if not figures or "error" in figures else 0

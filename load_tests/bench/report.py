@@ -91,7 +91,7 @@ def write_report(path: str, data: dict, targets: list[Target], plots: dict[str, 
 
     lines += http_sections(data, plots)
     lines += profile_section(data["http"].get("profile"))
-    lines += versions_section(data.get("versions") or {})
+    lines += versions_section(data.get("model_versions") or {})
     lines += uploads_section(data.get("uploads") or {})
     lines += [
         "## Method",

@@ -88,3 +88,12 @@ def run_uploads(store: Store, payloads: Payloads, profile: Profile, args, log) -
         for server in servers.values():
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from load_tests.bench.common import run_section
+    from load_tests.bench.report import uploads_section
+
+    sys.exit(run_section(run_uploads, uploads_section))

@@ -127,3 +127,10 @@ def run_versions(store: Store, payloads: Payloads, profile: Profile, args, log) 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+if __name__ == "__main__":
+    import sys
+
+    from load_tests.bench.common import run_section
+    from load_tests.bench.report import versions_section
+
+    sys.exit(run_section(run_versions, versions_section))
