@@ -8,10 +8,17 @@ PORT ?= 3000
 
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup models verify serve test soak clean-store loadtest slo bench bench-deps
+.PHONY: setup models verify serve test soak clean-store loadtest slo bench bench-deps datasets
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed datasets
+
+# Fashion-MNIST's four IDX files, from Debian's package, where apt is available (without apt,
+# export/fashion_mnist.py downloads them from the dataset's mirror, or says what to do).
+datasets:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 \
+		|| $(SUDO) apt-get install -y dataset-fashion-mnist || { $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }
 
 # torch first, pinned: its CPU build lies on this machine's disk, while a bare or open-ended
 # torch requirement would pull a multi-GB CUDA build.
@@ -64,7 +71,6 @@ slo: setup
 
 # Benchmark on the stored models: reports/bench.md, bench.json and PNG plots, about 10 minutes
 # (`make bench BENCH_ARGS=--quick` for a short run). The load generator is wrk, from apt.
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BENCH_ARGS ?=
 
 bench: setup bench-deps
