@@ -42,8 +42,10 @@ def check_task(task: str, graph: GraphSpec, fixed_batch: bool) -> None:
     for t in graph.inputs + graph.outputs:
         if not t.shape:
             raise ImportRefused(f"{t.name!r} is a scalar: it has no batch axis")
+        if fixed_batch and t.shape[0] == -1:
+            raise ImportRefused(f"--fixed-batch: the batch axis of {t.name!r} is dynamic ({list(t.shape)}): leave the flag out")
         if fixed_batch and t.shape[0] != 1:
-            raise ImportRefused(f"--fixed-batch: {t.name!r} has batch axis {t.shape[0]}, expected 1")
+            raise ImportRefused(f"--fixed-batch: {t.name!r} has batch axis {t.shape[0]}; a fixed batch axis must be 1")
         if not fixed_batch and t.shape[0] != -1:
             raise ImportRefused(
                 f"{t.name!r} has a fixed batch axis ({list(t.shape)}): export it with a dynamic batch axis, "

@@ -22,7 +22,7 @@ import onnxruntime as ort
 from export import store
 from export.import_checks import ImportRefused, check_task, preprocessing_for, signature
 from export.import_eval import eval_arrays
-from modelspec import IMAGE_CLASSIFICATION, TENSOR, Floor, GraphSpec, ModelSpec, sha256_file
+from modelspec import IMAGE_CLASSIFICATION, SPECS, TENSOR, Floor, GraphSpec, ModelSpec, sha256_file
 
 TASKS = (IMAGE_CLASSIFICATION, TENSOR)
 STORE_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -121,6 +121,8 @@ def import_model(args: argparse.Namespace) -> str:
     """Every check, then one store write. Returns the stored tag."""
     if not STORE_NAME.match(args.name):
         raise ImportRefused(f"--name {args.name!r}: use lowercase letters, digits, '.', '_' and '-' (at most 63)")
+    if args.name in SPECS:
+        raise ImportRefused(f"--name {args.name!r} is one of the trained models ({', '.join(SPECS)}): choose another name")
     model = load_model(args.path)
     graph = signature(model)
     check_task(args.task, graph, args.fixed_batch)

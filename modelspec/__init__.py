@@ -27,7 +27,8 @@ class TensorSpec:
 
     `kind` says what the values mean, so parity checks and clients can make valid inputs:
     image01 (pixels in [0, 1], ink bright), normal (standard normal latent), tokens (ids
-    into the vocabulary, 0 = padding), lengths (valid tokens per row), logits, image01_out.
+    into the vocabulary, 0 = padding), lengths (valid tokens per row), logits, image01_out,
+    tensor (an imported model's input or output: its task and preprocessing say what it holds).
     """
 
     name: str

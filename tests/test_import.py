@@ -168,6 +168,12 @@ def test_fixed_batch_is_refused_without_the_flag_and_recorded_with_it(tmp_path, 
     assert list(spec.labels) == ["0", "1", "2"]
 
 
+def test_the_name_of_a_trained_model_is_refused(tmp_path, capsys):
+    before = stored_versions("cnn")
+    assert run_import(write_tiny_classifier(tmp_path / "m.onnx"), "--name", "cnn", "--task", "image-classification") == 1
+    assert "one of the trained models" in capsys.readouterr().err and stored_versions("cnn") == before
+
+
 def test_a_tensor_model_is_stored_with_its_signature(tmp_path):
     path = write_vector_model(tmp_path / "vector.onnx")
     assert run_import(path, "--name", "vector", "--task", "tensor") == 0
@@ -210,6 +216,14 @@ def missing_file(tmp_path):
     return [tmp_path / "nowhere.onnx", "--task", "tensor"]
 
 
+def flag_on_a_dynamic_batch(tmp_path):
+    return [write_tiny_classifier(tmp_path / "m.onnx"), "--task", "image-classification", "--fixed-batch"]
+
+
+def labels_for_a_tensor_model(tmp_path):
+    return [write_vector_model(tmp_path / "m.onnx"), "--task", "tensor", "--labels", "a,b"]
+
+
 @pytest.mark.parametrize(
     "arguments, problem",
     [
@@ -221,6 +235,8 @@ def missing_file(tmp_path):
         (bad_preprocessing, "polarity=sideways: use one of light_on_dark, dark_on_light, as_is"),
         (mean_for_one_channel, "1 values for 3 channels"),
         (missing_file, "file not found"),
+        (flag_on_a_dynamic_batch, "is dynamic ([-1, 3, 32, 32]): leave the flag out"),
+        (labels_for_a_tensor_model, "--labels are for image-classification, not tensor"),
     ],
 )
 def test_a_failing_model_is_refused_with_its_problem_and_nothing_is_stored(tmp_path, capsys, arguments, problem):
