@@ -153,7 +153,9 @@ def _latent(size: int) -> TensorSpec:
 # - polarity: light_on_dark (an upload with a light border is inverted), dark_on_light, as_is;
 # - framing: crop_to_content (crop to the ink, centre it in a square with `content_margin`,
 #   average down to `source_size`, then resize) or resize (the whole image, as it is);
-# - resample: bilinear, box or nearest.
+# - resample: bilinear, box or nearest;
+# - max_batch: 1 when an imported graph's batch axis (any task's) is fixed at 1 (`export import --fixed-batch`):
+#   it must never be batched. Absent: the batch axis is dynamic.
 # Pixels in [0, 1], ink bright on a dark background, 28x28. Export adds `source_size`, the
 # resolution of the training images, so a serving transform can match their level of detail.
 IMAGE_PREPROCESSING = {
