@@ -8,18 +8,18 @@ PORT ?= 3000
 
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages models verify serve test soak clean-store loadtest slo bench bench-deps bench-peers
 
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-
 setup: $(VENV)/.installed system-packages
 
-# Debian packages the tests need, installed where apt is available: prometheus (and promtool)
-# for the monitoring test, buildah and debootstrap to build and run the container image, wrk to
-# drive the peer benchmark's test.
-# Elsewhere, install them by hand (the names are Debian's); the tests that need one say so.
-SYSTEM_PACKAGES := prometheus buildah debootstrap wrk
+# Debian packages, installed where apt is available: Fashion-MNIST's four IDX files (without
+# apt, export/fashion_mnist.py downloads them from the dataset's mirror, or says what to do);
+# prometheus (and promtool) for the monitoring test, buildah and debootstrap to build and run
+# the container image, wrk to drive the peer benchmark's test. Elsewhere, install them by hand
+# (the names are Debian's); the tests that need one say so.
+SYSTEM_PACKAGES := dataset-fashion-mnist prometheus buildah debootstrap wrk
 
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

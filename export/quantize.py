@@ -1,4 +1,5 @@
-"""`resnet-int8`: the latest stored `resnet`, statically quantized by ONNX Runtime (QDQ).
+"""`resnet-int8`, `fashion-int8`: the latest stored model named by the spec's floor
+(`Floor.relative_to`), statically quantized by ONNX Runtime (QDQ).
 
 Two settings are tried and timed side by side with the FP32 model, and the faster one that
 stays within the accuracy floor is stored. On CPUs without VNNI (AVX2 only), signed 8-bit
@@ -22,7 +23,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from export import store
 from export.data import prepare_images
 from export.evaluate import evaluate, floor_failure
-from export.pipeline import FloorError, Result, finish, load_eval_arrays
+from export.publish import FloorError, Result, finish, load_eval_arrays
 from export.recipe import TrainOptions
 from modelspec import SPECS, ModelSpec
 
@@ -66,18 +67,19 @@ def median_latencies_ms(paths: dict[str, str], batch: np.ndarray, input_name: st
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def quantize_resnet(options: TrainOptions, spec_override: ModelSpec | None = None) -> Result:
+def quantize(spec: ModelSpec, options: TrainOptions) -> Result:
+    """Quantize the latest stored `spec.floor.relative_to`, calibrated on its training images."""
     started = time.perf_counter()
-    fp32 = store.latest("resnet")
+    source = spec.floor.relative_to
+    fp32 = store.latest(source)
     if fp32 is None:
-        raise FloorError("resnet-int8 quantizes the stored resnet, which is missing: run `python -m export resnet` first")
+        raise FloorError(f"{spec.name} quantizes the stored {source}, which is missing: run `python -m export {source}` first")
     fp32_spec = ModelSpec.from_dict(fp32.info.metadata["spec"])
-    base = spec_override or SPECS["resnet-int8"]
-    spec = dataclasses.replace(base, labels=fp32_spec.labels, preprocessing=fp32_spec.preprocessing)
-    _, dataset, x, train_idx, _ = prepare_images(SPECS["resnet"], options.dataset, options.seed)
+    spec = dataclasses.replace(spec, labels=fp32_spec.labels, preprocessing=fp32_spec.preprocessing)
+    _, dataset, x, train_idx, _ = prepare_images(SPECS[source], options.dataset, options.seed)
     if dataset.sha256 != fp32.info.metadata["dataset"]["sha256"]:
         raise FloorError(
-            f"resnet-int8: the stored resnet ({fp32.tag}) was trained on {fp32.info.metadata['dataset']['name']}, "
+            f"{spec.name}: the stored {source} ({fp32.tag}) was trained on {fp32.info.metadata['dataset']['name']}, "
             f"not on {dataset.name}: pass the same --dataset"
         )
     rng = np.random.default_rng(options.seed)
@@ -86,7 +88,7 @@ def quantize_resnet(options: TrainOptions, spec_override: ModelSpec | None = Non
     input_name = spec.graphs[0].inputs[0].name
     fp32_metrics = fp32.info.metadata["metrics"]
 
-    with tempfile.TemporaryDirectory(prefix="export-resnet-int8-") as work:
+    with tempfile.TemporaryDirectory(prefix=f"export-{spec.name}-") as work:
         prepared = os.path.join(work, "prepared.onnx")
         quant_pre_process(fp32.path_of("model.onnx"), prepared)
         paths, tried = {"fp32": fp32.path_of("model.onnx")}, {}
@@ -114,7 +116,7 @@ def quantize_resnet(options: TrainOptions, spec_override: ModelSpec | None = Non
             )
         passing = [name for name in tried if tried[name]["meets_floor"]]
         if not passing:
-            raise FloorError(f"resnet-int8: no quantization setting kept accuracy within the floor: {tried}; not stored")
+            raise FloorError(f"{spec.name}: no quantization setting kept accuracy within the floor: {tried}; not stored")
         chosen = min(passing, key=lambda name: latency[name])
         folder = os.path.join(work, "chosen")
         os.makedirs(folder)

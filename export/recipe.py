@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from modelspec import ModelSpec
+
+if TYPE_CHECKING:  # torch only where a model is trained: `export verify` and `export import` run without it
+    import torch
+    from torch import nn
 
 PROFILES = ("smoke", "quick", "full")
 
@@ -41,6 +44,8 @@ class TrainOptions:
 
 
 def seed_everything(seed: int) -> torch.Generator:
+    import torch
+
     torch.manual_seed(seed)
     np.random.seed(seed)
     return torch.Generator().manual_seed(seed)

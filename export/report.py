@@ -40,6 +40,26 @@ def training_figures(name: str, history: dict[str, list[float]], samples: np.nda
     return written
 
 
+def confusion_figure(name: str, labels: list[str], confusion: list[list[int]]) -> str:
+    """reports/NAME-confusion.png: rows the true class, columns the predicted one, counts in the cells."""
+    matrix = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(labels), 0.6 + 0.6 * len(labels)))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for (row, column), count in np.ndenumerate(matrix):
+        ax.text(column, row, str(count), ha="center", va="center", fontsize=7,
+                color="white" if count > matrix.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{name}: confusion matrix ({matrix.sum()} images)")
+    fig.tight_layout()
+    path = os.path.join(reports_dir(), f"{name}-confusion.png")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def headline(metrics: dict) -> str:
     if "accuracy" in metrics:
         return f"accuracy {metrics['accuracy']:.4f} (n={metrics['n']})"
@@ -76,10 +96,11 @@ def models_report() -> str:
         dataset = md["dataset"]
         training = md.get("training", {})
         parity = md.get("parity_max_abs_diff", {})
+        cpu = f" ({training['cpu_seconds']} CPU s)" if "cpu_seconds" in training else ""
         lines.append(
             f"| {name} | {model.tag.version} | {headline(md['metrics'])} | {floor_text} | "
             f"{dataset['name']} ({dataset['sizes']['train']} train / {dataset['sizes']['test']} test) | "
-            f"{training.get('profile', '')}, {training.get('seconds', '-')} s | "
+            f"{training.get('profile', '')}, {training.get('seconds', '-')} s{cpu} | "
             f"{', '.join(f'{k}: {v:.1e}' for k, v in parity.items()) or '-'} |"
         )
         extra = {k: v for k, v in training.items() if k.startswith("baseline")}
@@ -96,6 +117,10 @@ def models_report() -> str:
                 )
                 + f" (FP32 {q['fp32_bytes'] / 1024:.0f} KiB; {q['timing']})"
             )
+        if "confusion_matrix" in md["metrics"] and len(md["spec"]["labels"]) > 2:
+            figure = confusion_figure(name, md["spec"]["labels"], md["metrics"]["confusion_matrix"])
+            per_class = ", ".join(f"{label} {value:.3f}" for label, value in md["metrics"]["per_class_accuracy"].items())
+            details.append(f"- {name}: accuracy per class: {per_class}; confusion matrix: `{os.path.basename(figure)}`")
         if "class_counts" in md["metrics"]:
             details.append(f"- {name}: samples per class as judged by cnn: {md['metrics']['class_counts']}")
     if details:

@@ -17,8 +17,6 @@ import bentoml
 from modelspec import OPSET, ModelSpec, sha256_file
 
 
-
-
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in ("torch", "onnx", "onnxscript", "onnxruntime", "bentoml", "numpy"):
@@ -51,3 +49,8 @@ def latest(name: str) -> bentoml.Model | None:
         return bentoml.models.get(f"{name}:latest")
     except bentoml.exceptions.NotFound:
         return None
+
+
+def imported_names() -> list[str]:
+    """Stored models brought by `python -m export import` (their metadata names the source file)."""
+    return sorted({str(m.tag.name) for m in bentoml.models.list() if "imported_from" in m.info.metadata})

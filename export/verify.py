@@ -1,16 +1,20 @@
 """`python -m export verify`: re-check every latest stored model with plain ONNX Runtime.
 
 For each model: the ONNX files match their stored sha256, the metric measured again on the
-stored eval.npz equals the stored one, and the floor holds. Exit status 1 on any failure.
+stored eval.npz equals the stored one, and the floor holds. Imported models (`python -m export
+import`) are checked too; those imported without --eval have their checksums checked only.
+Exit status 1 on any failure. No torch: this runs with the serving requirements.
 """
 
 from __future__ import annotations
+
+import os
 
 import math
 
 from export import store
 from export.evaluate import evaluate, floor_failure
-from export.pipeline import load_eval_arrays
+from export.publish import load_eval_arrays
 from modelspec import EXPORT_ORDER, ModelSpec, sha256_file
 
 TOLERANCE = 1e-6
@@ -41,7 +45,7 @@ def check(name: str) -> list[str]:
         actual = sha256_file(model.path_of(filename))
         if actual != expected["sha256"]:
             problems.append(f"{model.tag}: {filename} sha256 {actual} != stored {expected['sha256']}")
-    if problems:
+    if problems or not os.path.exists(model.path_of("eval.npz")):
         return problems
     judge = store.latest("cnn")
     metrics = evaluate(spec, model.path, load_eval_arrays(model.path), judge.path_of("model.onnx") if judge else None)
@@ -53,9 +57,9 @@ def check(name: str) -> list[str]:
     return problems
 
 
-def main() -> int:
+def main(names: list[str] | None = None) -> int:
     failed = False
-    for name in EXPORT_ORDER:
+    for name in names or EXPORT_ORDER + [n for n in store.imported_names() if n not in EXPORT_ORDER]:
         problems = check(name)
         failed |= bool(problems)
         print(f"{name:<12} {'FAILED' if problems else 'ok'}")

@@ -10,6 +10,7 @@ from typing import Any
 
 OPSET = 18
 DIGIT_LABELS = [str(d) for d in range(10)]
+FASHION_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 # Every model is served through the contract of its task (service/tasks.py), never by its name.
 IMAGE_CLASSIFICATION = "image-classification"
@@ -26,7 +27,8 @@ class TensorSpec:
 
     `kind` says what the values mean, so parity checks and clients can make valid inputs:
     image01 (pixels in [0, 1], ink bright), normal (standard normal latent), tokens (ids
-    into the vocabulary, 0 = padding), lengths (valid tokens per row), logits, image01_out.
+    into the vocabulary, 0 = padding), lengths (valid tokens per row), logits, image01_out,
+    tensor (an imported model's input or output: its task and preprocessing say what it holds).
     """
 
     name: str
@@ -151,7 +153,9 @@ def _latent(size: int) -> TensorSpec:
 # - polarity: light_on_dark (an upload with a light border is inverted), dark_on_light, as_is;
 # - framing: crop_to_content (crop to the ink, centre it in a square with `content_margin`,
 #   average down to `source_size`, then resize) or resize (the whole image, as it is);
-# - resample: bilinear, box or nearest.
+# - resample: bilinear, box or nearest;
+# - max_batch: 1 when an imported graph's batch axis (any task's) is fixed at 1 (`export import --fixed-batch`):
+#   it must never be batched. Absent: the batch axis is dynamic.
 # Pixels in [0, 1], ink bright on a dark background, 28x28. Export adds `source_size`, the
 # resolution of the training images, so a serving transform can match their level of detail.
 IMAGE_PREPROCESSING = {
@@ -179,15 +183,15 @@ VAE_LATENT = 16
 GAN_LATENT = 100
 
 
-def _classifier(name: str, description: str, floor: Floor) -> ModelSpec:
+def _classifier(name: str, description: str, floor: Floor, labels: tuple[str, ...] = tuple(DIGIT_LABELS)) -> ModelSpec:
     return ModelSpec(
         name=name,
         task=IMAGE_CLASSIFICATION,
         input_kind="image",
         description=description,
-        graphs=(GraphSpec("model.onnx", (_image(),), (_logits(10),)),),
+        graphs=(GraphSpec("model.onnx", (_image(),), (_logits(len(labels)),)),),
         floor=floor,
-        labels=tuple(DIGIT_LABELS),
+        labels=labels,
         preprocessing=dict(IMAGE_PREPROCESSING),
     )
 
@@ -201,6 +205,18 @@ SPECS: dict[str, ModelSpec] = {
         "resnet-int8",
         "resnet quantized by ONNX Runtime static QDQ (U8 activations, S8 per-channel weights).",
         Floor("accuracy", relative_to="resnet", max_drop=0.005),
+    ),
+    "fashion": _classifier(
+        "fashion",
+        "Small CNN clothing classifier (Fashion-MNIST).",
+        Floor("accuracy", minimum=0.92),
+        FASHION_LABELS,
+    ),
+    "fashion-int8": _classifier(
+        "fashion-int8",
+        "fashion quantized by ONNX Runtime static QDQ.",
+        Floor("accuracy", relative_to="fashion", max_drop=0.005),
+        FASHION_LABELS,
     ),
     "sentiment": ModelSpec(
         name="sentiment",
@@ -262,8 +278,9 @@ SPECS: dict[str, ModelSpec] = {
 # The model a task's endpoints use when a request names none.
 DEFAULT_MODEL = {IMAGE_CLASSIFICATION: "cnn", TEXT_CLASSIFICATION: "sentiment", IMAGE_GENERATION: "gan", AUTOENCODER: "vae"}
 
-# The order that satisfies dependencies: int8 quantizes resnet, the generators are judged by cnn.
-EXPORT_ORDER = ["cnn", "resnet", "resnet-int8", "sentiment", "vae", "gan"]
+# The order that satisfies dependencies: an int8 variant quantizes the stored model its floor is
+# relative to, the generators are judged by cnn.
+EXPORT_ORDER = ["cnn", "resnet", "resnet-int8", "fashion", "fashion-int8", "sentiment", "vae", "gan"]
 
 
 def sha256_file(path: str) -> str:

@@ -1,6 +1,6 @@
 """Every test run gets its own empty model store and report folder, set before bentoml loads.
 
-`smoke_store` trains all six models with the tiny smoke profile into that store (their floors
+`smoke_store` trains every model of EXPORT_ORDER with the tiny smoke profile into that store (their floors
 replaced explicitly: smoke models cannot earn the real ones, which `make models` applies);
 `server` runs a real `bentoml serve` on it, on a free 127.0.0.1 port, and always stops it.
 """
@@ -37,7 +37,7 @@ def any_quality(name: str):
 
 @pytest.fixture(scope="session")
 def smoke_store():
-    """{name: Result} for all six models, trained with the smoke profile into the test store."""
+    """{name: Result} for every model of EXPORT_ORDER, trained with the smoke profile into the test store."""
     from export import pipeline
     from export.recipe import TrainOptions
     from modelspec import EXPORT_ORDER

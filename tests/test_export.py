@@ -154,3 +154,22 @@ def test_int8_is_quantized_from_the_stored_resnet_and_timed(stored_cnn):
     model = onnx.load(bentoml.models.get(int8.tag).path_of("model.onnx"))
     assert any(node.op_type == "QuantizeLinear" for node in model.graph.node)
     assert verify.check("resnet-int8") == []
+
+
+def test_fashion_and_its_int8_variant_go_through_the_same_path():
+    fashion = pipeline.run("fashion", SMOKE, spec_override=any_quality("fashion"))
+    md = bentoml.models.get(fashion.tag).info.metadata
+    spec = ModelSpec.from_dict(md["spec"])
+    assert spec.labels == SPECS["fashion"].labels and spec.labels[0] == "T-shirt/top"
+    assert spec.preprocessing["polarity"] == "light_on_dark" and spec.preprocessing["framing"] == "crop_to_content"
+    assert spec.preprocessing["source_size"] == [28, 28] and "content_margin" in spec.preprocessing
+    assert md["dataset"]["name"] == "fashion-mnist" and md["dataset"]["split"] == "the dataset's own"
+    assert md["dataset"]["sizes"] == {"total": 70000, "train": 2000, "test": 1000}  # the smoke profile's subsets
+    assert md["training"]["cpu_seconds"] > 0 and md["parity_max_abs_diff"]["model.onnx"] <= 1e-4
+    assert len(md["metrics"]["confusion_matrix"]) == 10 and sum(map(sum, md["metrics"]["confusion_matrix"])) == 1000
+
+    int8 = pipeline.run("fashion-int8", SMOKE, spec_override=any_quality("fashion-int8"))
+    int8_md = bentoml.models.get(int8.tag).info.metadata
+    assert int8_md["training"]["quantized_from"] == fashion.tag
+    assert int8_md["spec"]["labels"] == md["spec"]["labels"] and int8_md["dataset"] == md["dataset"]
+    assert verify.check("fashion") == [] and verify.check("fashion-int8") == []
