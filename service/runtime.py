@@ -95,7 +95,7 @@ class LoadedModel:
             for batch in (1, 8):
                 feeds = {}
                 for t in graph.inputs:
-                    shape = [batch if i == 0 else (4 if d == -1 else d) for i, d in enumerate(t.shape)]
+                    shape = [d if d != -1 else (batch if i == 0 else 4) for i, d in enumerate(t.shape)]
                     feeds[t.name] = np.full(shape, fill.get(t.kind, 1), dtype=t.dtype)
                 self.run(graph.filename, feeds)
 

@@ -53,7 +53,7 @@ class ServedModel:
     def __init__(self, loaded: LoadedModel):
         self.loaded, self.spec = loaded, loaded.spec
         self.name, self.version = loaded.name, loaded.version
-        self.max_batch = 1 if self.spec.preprocessing.get("fixed_batch") else MAX_BATCH
+        self.max_batch = min(MAX_BATCH, int(self.spec.preprocessing.get("max_batch", MAX_BATCH)))  # 1: a fixed batch axis
         self.request_seconds = metrics.REQUEST_SECONDS.labels(model=self.name, version=self.version)
         self._predictions = {label: metrics.PREDICTIONS.labels(model=self.name, version=self.version, label=label) for label in self.spec.labels}
         self.batchers = self.make_batchers()
@@ -149,8 +149,12 @@ class ImageClassifier(ServedModel):
         return inputs.image_input(data, self.spec.preprocessing, field)
 
     async def classify(self, pixels: np.ndarray) -> Outputs:
-        outputs = await self.batchers[self.spec.graphs[0].filename]({self.input.name: self.model_input(pixels)})
-        return {"probabilities": softmax(outputs[self.logits])}
+        batcher, rows = self.batchers[self.spec.graphs[0].filename], self.model_input(pixels)
+        if self.max_batch == 1:  # a graph whose batch axis is fixed at 1 takes one image a run
+            logits = np.concatenate([(await batcher({self.input.name: rows[i : i + 1]}))[self.logits] for i in range(len(rows))])
+        else:
+            logits = (await batcher({self.input.name: rows}))[self.logits]
+        return {"probabilities": softmax(logits)}
 
     def output_kind(self, output: str) -> str:
         return "probabilities" if output == "probabilities" else super().output_kind(output)
