@@ -11,7 +11,11 @@ export BENTOML_DO_NOT_TRACK := true
 
 .PHONY: setup models verify serve test soak clean-store loadtest slo bench bench-deps
 
+# Debian's chromium for the browser tests (tests/test_ui.py), where apt is available.
 setup: $(VENV)/.installed
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 \
+		&& { $(SUDO) apt-get install -y chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }; }; } \
+		|| echo "chromium is not installed (and no apt-get to install it): tests/test_ui.py needs it"
 
 # torch first, pinned: its CPU build lies on this machine's disk, while a bare or open-ended
 # torch requirement would pull a multi-GB CUDA build.

@@ -28,7 +28,7 @@ from starlette.routing import Route  # noqa: E402
 
 from modelspec import EXPORT_ORDER, GAN_LATENT, VAE_LATENT  # noqa: E402
 from modelspec.text import encode_batch  # noqa: E402
-from service import guard, images, inputs, metrics, overhead, v2  # noqa: E402
+from service import guard, images, inputs, metrics, overhead, ui, v2  # noqa: E402
 from service.batching import Batcher, chain  # noqa: E402
 from service.errors import ClientError, answers_client_errors  # noqa: E402
 from service.runtime import LoadedModel, ModelLoadError, check_store_once  # noqa: E402
@@ -98,12 +98,15 @@ async def one_model(request: Request) -> JSONResponse:
 
 # Routes BentoML's POST-only APIs cannot be: GET model metadata (version, metrics, spec,
 # preprocessing, sha256) and the Open Inference Protocol.
-plain_routes = Starlette(routes=[Route("/models", list_models), Route("/models/{name}", one_model), *v2.routes])
+# The demo page (service/ui.py) too.
+plain_routes = Starlette(routes=[Route("/models", list_models), Route("/models/{name}", one_model), *v2.routes, *ui.routes])
 
 
 @bentoml.asgi_app(plain_routes, path="/")
 @bentoml.service(
     name="modelserve",
+    description=ui.DESCRIPTION,  # the text atop the OpenAPI page, with its link to the demo page
+    service_class=ui.DescribedService,
     workers=WORKERS,
     logging={"access": {"enabled": os.environ.get("MODELSERVE_ACCESS_LOG", "true") == "true"}},
     metrics={"enabled": True, "namespace": "bentoml_service"},
