@@ -166,7 +166,7 @@ const ink = pad.getContext("2d");
 const drawing = { active: false, last: null, drawn: false, busy: false, again: false, sentAt: 0 };
 
 function clearPad() {
-  ink.fillStyle = "#fff";
+  Object.assign(ink, { strokeStyle: "#000", lineWidth: 20, lineCap: "round", lineJoin: "round", fillStyle: "#fff" });
   ink.fillRect(0, 0, pad.width, pad.height);
   drawing.drawn = false;
 }
@@ -239,10 +239,6 @@ function point(event) {
 }
 
 function stroke(from, to) {
-  ink.strokeStyle = "#000";
-  ink.lineWidth = 20;
-  ink.lineCap = "round";
-  ink.lineJoin = "round";
   ink.beginPath();
   ink.moveTo(from.x, from.y);
   ink.lineTo(to.x, to.y);
