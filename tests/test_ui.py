@@ -85,9 +85,9 @@ def browser():
 class Visit:
     """One page in a fresh browser context, with every URL it requested and every script error."""
 
-    def __init__(self, browser, url: str):
+    def __init__(self, browser, url: str, has_touch: bool = False):
         self.url = url
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900}, has_touch=has_touch)
         self.page = self.context.new_page()
         self.requests: list = []
         self.errors: list[str] = []
@@ -137,6 +137,20 @@ def draw(page, strokes) -> None:
         page.mouse.up()
 
 
+def draw_by_touch(page, strokes) -> None:
+    """The same strokes with a finger: touch events through the DevTools protocol."""
+    box = page.locator("#pad").bounding_box()
+    cdp = page.context.new_cdp_session(page)
+    for stroke in strokes:
+        points = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": points[0][0], "y": points[0][1]}]})
+        for (x0, y0), (x1, y1) in zip(points, points[1:]):
+            for step in range(1, 13):
+                x, y = x0 + (x1 - x0) * step / 12, y0 + (y1 - y0) * step / 12
+                cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+
+
 def shown_label(page, model: str) -> str:
     expect(page.locator("#pad")).to_have_attribute("data-state", "classified", timeout=WAIT_MS)
     return page.locator(f'.classifier[data-model="{model}"] .label').inner_text()
@@ -166,6 +180,17 @@ def test_drawn_digits_are_read_by_every_image_classifier(visit):
             expect(card.locator(".bar")).to_have_count(3)
             assert card.locator(".served").inner_text().startswith(f"version {model['version']} · ")
             assert card.locator(".served").inner_text().endswith(" ms")
+
+
+def test_a_digit_drawn_by_touch_is_read(browser, ui_server):
+    visit = Visit(browser, ui_server, has_touch=True)
+    try:
+        visit.open()
+        draw_by_touch(visit.page, DIGITS["1"])
+        assert shown_label(visit.page, "cnn") == "1"
+    finally:
+        visit.context.close()
+    assert visit.outside() == [] and visit.errors == []
 
 
 def test_a_review_gets_the_sentiment_the_api_gives(visit, ui_server):
@@ -290,15 +315,22 @@ def test_the_page_is_open_and_the_bento_ships_it(ui_server):
         assert any(fnmatch.fnmatch(f"service/ui/{name}", pattern) for pattern in include), name
 
 
-def test_a_version_can_be_pinned_where_several_are_loaded(visit, ui_server):
-    """This server loads one version per model. The page is given the server's real /models in
-    the registry's shape with a list of loaded versions, cnn's real version as the default and a
-    second one as a canary: pinning the real one sends it in X-Model-Version, for cnn only."""
-    listing = requests.get(f"{ui_server}/models", headers=AUTH, timeout=30).json()
+def coming_listing(url: str) -> dict:
+    """The server's real /models in the registry's coming shape: `versions` a list of the
+    loaded versions (this server lists package versions there), package versions in `software`."""
+    listing = requests.get(f"{url}/models", headers=AUTH, timeout=30).json()
     for entry in listing["models"]:
-        if not isinstance(entry["versions"], list):  # the older shape: package versions
+        if not isinstance(entry["versions"], list):
             entry["software"] = entry["versions"]
             entry["versions"] = [{"version": entry["version"], "role": "default", "traffic_share": 1.0, "metrics": entry["metrics"]}]
+    return listing
+
+
+def test_a_version_can_be_pinned_where_several_are_loaded(visit, ui_server):
+    """This server loads one version per model. The page is given its /models with cnn's real
+    version as the default and a second one as a canary: pinning the real one sends it in
+    X-Model-Version, for cnn only."""
+    listing = coming_listing(ui_server)
     cnn = next(entry for entry in listing["models"] if entry["name"] == "cnn")
     cnn["versions"][0]["traffic_share"] = 0.9
     cnn["versions"].append({"version": "a-canary", "role": "canary", "traffic_share": 0.1, "metrics": {"accuracy": 0.5}})
@@ -326,3 +358,25 @@ def test_a_version_can_be_pinned_where_several_are_loaded(visit, ui_server):
         for_cnn = b'name="model"\r\n\r\ncnn\r\n' in request.post_data_buffer
         assert request.headers.get("x-model-version") == (cnn["version"] if for_cnn else None)
     expect(page.locator('.classifier[data-model="cnn"] .served')).to_contain_text(f"version {cnn['version']} · ")
+
+
+def test_a_digit_is_asked_of_a_generator_that_takes_one(visit, ui_server):
+    """No generator here takes a class yet. The page is given /models with a `class_index`
+    input added to the gan's graph: the digit choice appears, and the gan's request (only the
+    gan's) carries the chosen digit as `label`; this server ignores it and draws the grid."""
+    listing = coming_listing(ui_server)
+    gan = next(entry for entry in listing["models"] if entry["task"] == "image-generation")
+    gan["graphs"][0]["inputs"].append({"name": "label", "dtype": "int64", "shape": [-1], "kind": "class_index"})
+    visit.page.route(f"{ui_server}/models", lambda route: route.fulfill(json=listing))
+    visit.open()
+    page = visit.page
+    expect(page.locator("#digit-choice")).to_be_visible()
+    page.select_option("#digit", "3")
+    image = page.locator(f'#grids figure[data-model="{gan["name"]}"] img')
+    first = image.get_attribute("src")
+    with page.expect_request(f"{ui_server}/gan/generate") as to_gan, page.expect_request(f"{ui_server}/vae/sample") as to_vae:
+        page.click("#generate")
+    assert to_gan.value.post_data_json["label"] == 3
+    assert "label" not in to_vae.value.post_data_json
+    expect(image).not_to_have_attribute("src", first)
+    expect(page.locator(f'#grids figure[data-model="{gan["name"]}"] .error')).to_be_hidden()
