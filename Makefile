@@ -17,9 +17,10 @@ setup: $(VENV)/.installed system-packages
 # Debian packages, installed where apt is available: Fashion-MNIST's four IDX files (without
 # apt, export/fashion_mnist.py downloads them from the dataset's mirror, or says what to do);
 # prometheus (and promtool) for the monitoring test, buildah and debootstrap to build and run
-# the container image, wrk to drive the peer benchmark's test. Elsewhere, install them by hand
-# (the names are Debian's); the tests that need one say so.
-SYSTEM_PACKAGES := dataset-fashion-mnist prometheus buildah debootstrap wrk
+# the container image, wrk to drive the peer benchmark's test, chromium for the demo page's
+# browser tests. Elsewhere, install them by hand (the names are Debian's); the tests that need
+# one say so.
+SYSTEM_PACKAGES := dataset-fashion-mnist prometheus buildah debootstrap wrk chromium
 
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

@@ -44,10 +44,11 @@ HEALTH_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v2/health/live", "/
 METRICS_PATH = "/metrics"
 # The admin API and Triton's repository extension: admin keys only, never the client keys.
 ADMIN_PREFIXES = ("/admin/", "/v2/repository/")
-# The API documentation: the OpenAPI page, its assets and documents. It holds no secret, and a
-# browser cannot send a bearer key with a page load.
-DOCS_PATHS = frozenset({"/", "/docs.json", "/schema.json"})
-DOCS_PREFIXES = ("/static_content/", "/assets/")
+# The API documentation: the OpenAPI page, its assets and documents; and the demo page's own
+# files (service/ui.py: its API calls need the key). They hold no secret, and a browser cannot
+# send a bearer key with a page load.
+DOCS_PATHS = frozenset({"/", "/docs.json", "/schema.json", "/ui"})
+DOCS_PREFIXES = ("/static_content/", "/assets/", "/ui/")
 # Open Inference Protocol routes (/v2...) answer errors as {"error": message}, as that protocol
 # says: the guard leaves their error bodies alone (its own refusals there have "error" too).
 

@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from modelspec import AUTOENCODER, DEFAULT_MODEL, IMAGE_CLASSIFICATION, IMAGE_GENERATION, TEXT_CLASSIFICATION  # noqa: E402
-from service import admin, guard, images, inputs, metrics, openapi, patches, state, stats, v2  # noqa: E402
+from service import admin, guard, images, inputs, metrics, openapi, patches, state, stats, ui, v2  # noqa: E402
 from service.errors import ClientError, answers_client_errors  # noqa: E402
 from service.registry import Registry, Route as ModelRoute, check_once  # noqa: E402
 
@@ -125,7 +125,7 @@ async def infer_tensor(request: Request) -> Response:
 
 
 # Routes BentoML's typed POST APIs cannot be: GET metadata, any-model tensor routes, the Open
-# Inference Protocol and the admin API.
+# Inference Protocol, the admin API and the demo page.
 plain_routes = Starlette(
     routes=[
         Route("/models", list_models),
@@ -133,6 +133,7 @@ plain_routes = Starlette(
         Route("/infer/{name}", infer_tensor, methods=["POST"]),
         *v2.routes,
         *admin.routes,
+        *ui.routes,
     ]
 )
 
@@ -140,6 +141,8 @@ plain_routes = Starlette(
 @bentoml.asgi_app(plain_routes, path="/")
 @bentoml.service(
     name="modelserve",
+    description=ui.DESCRIPTION,
+    service_class=ui.DescribedService,
     workers=WORKERS,
     logging={"access": {"enabled": os.environ.get("MODELSERVE_ACCESS_LOG", "true") == "true"}},
     metrics={"enabled": True, "namespace": "bentoml_service"},

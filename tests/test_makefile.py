@@ -18,11 +18,11 @@ def make_variable(name: str) -> str:
 
 def test_make_setup_installs_every_debian_package_the_tests_call():
     packages = make_variable("SYSTEM_PACKAGES").split()
-    for needed in ("prometheus", "buildah", "debootstrap", "wrk"):
+    for needed in ("prometheus", "buildah", "debootstrap", "wrk", "chromium", "dataset-fashion-mnist"):
         assert needed in packages, needed
     setup = subprocess.run(["make", "-n", "-C", ROOT, "setup"], capture_output=True, text=True, timeout=60).stdout
     assert "apt-get install" in setup
-    for command in ("prometheus", "promtool", "buildah", "debootstrap", "wrk"):
+    for command in ("prometheus", "promtool", "buildah", "debootstrap", "wrk", "chromium"):
         assert shutil.which(command), f"{command}: `make setup` should have installed it"
 
 
