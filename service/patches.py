@@ -249,3 +249,19 @@ def document_answers(service, media_types: dict[str, tuple[str, ...]], paths: di
         return spec
 
     Service.openapi_spec = property(openapi_spec)
+
+
+def described_service():
+    """BentoML's Service class, whose OpenAPI description (the text at the top of the page at
+    `/`) is the service's `description` also under `bentoml serve` from source: BentoML's own
+    `doc` uses it only in a built bento (as the bento's README), a default README otherwise."""
+    from _bentoml_sdk.service.factory import Service
+
+    class DescribedService(Service):
+        @property
+        def doc(self) -> str:
+            if self.bento is None and self.description:
+                return self.description
+            return super().doc
+
+    return DescribedService

@@ -142,7 +142,7 @@ plain_routes = Starlette(
 @bentoml.service(
     name="modelserve",
     description=ui.DESCRIPTION,
-    service_class=ui.DescribedService,
+    service_class=patches.described_service(),
     workers=WORKERS,
     logging={"access": {"enabled": os.environ.get("MODELSERVE_ACCESS_LOG", "true") == "true"}},
     metrics={"enabled": True, "namespace": "bentoml_service"},

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _bentoml_sdk.service.factory import Service
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
@@ -46,15 +45,3 @@ routes = [Route(PATH, index), Route(PREFIX, index), Route(PREFIX + "{name}", sta
 def is_page(path: str) -> bool:
     """The page's own paths (no secret in them: the guard asks no key for them)."""
     return path == PATH or path.startswith(PREFIX)
-
-
-class DescribedService(Service):
-    """BentoML's Service, whose OpenAPI description (the text at the top of the page at `/`) is
-    the service's `description` also under `bentoml serve` from source: BentoML's own `doc`
-    uses it only in a built bento (as the bento's README) and shows a default README otherwise."""
-
-    @property
-    def doc(self) -> str:
-        if self.bento is None and self.description:
-            return self.description
-        return super().doc

@@ -61,6 +61,16 @@ def test_every_patched_attribute_is_there():
     assert callable(getattr(serde.MultipartSerde, "parse_request", None)), "MultipartSerde.parse_request"
     assert callable(TensorSchema.validate), "_bentoml_sdk.validators.TensorSchema.validate"
     assert isinstance(openapi.error_responses, dict) and 400 in openapi.error_responses, "openapi.error_responses[400]"
+    from _bentoml_sdk.service.factory import Service
+    from bentoml._internal.service.openapi.specification import MediaType, PathItem, Schema  # noqa: F401
+    from bentoml._internal.utils.cattr import bentoml_cattr  # noqa: F401
+
+    assert isinstance(Service.__dict__["openapi_spec"], property), "Service.openapi_spec (document_answers)"
+    import attrs
+
+    fields = {a.name for a in attrs.fields(Service)}
+    assert isinstance(Service.__dict__["doc"], property) and {"bento", "description", "apis", "mount_apps"} <= fields, \
+        "Service.doc, .bento, .description, .apis, .mount_apps (described_service, route_template)"
 
 
 FORBIDDING = """
