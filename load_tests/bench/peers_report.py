@@ -51,9 +51,9 @@ def table(data: dict) -> str:
         bad = sum(p["non2xx"] + p["socket_errors"] for p in (p1, p32) if p)
         rows.append([label, info.get("version", ""), ms(p1 and p1["p50_ms"]), f"{p32['rps_ok']:,.0f}" if p32 else "n/a",
                      ms(p32 and p32["p99_ms"], 1), f"{p32['server_cores']:.2f} / {p32['client_cores']:.2f}" if p32 else "n/a",
-                     f"{p32['server_rss_mib']:.0f}" if p32 else "n/a", bad, info.get("failed", info.get("answer", ""))[:120]])
+                     f"{p32['idle_servers_cores']:.2f}" if p32 else "n/a", f"{p32['server_rss_mib']:.0f}" if p32 else "n/a", bad, info.get("failed", info.get("answer", ""))[:120]])
     return markdown_table(["server", "version", "c=1 p50 ms", "c=32 req/s", "c=32 p99 ms", "c=32 cores server / wrk",
-                           "RSS MiB", "non-2xx + errors", "answer (top-3 vs in process)"], rows)
+                           "idle others' cores", "RSS MiB", "non-2xx + errors", "answer (top-3 vs in process)"], rows)
 
 
 def write(data: dict, folder: str, prefix: str) -> None:
@@ -74,7 +74,8 @@ def write(data: dict, folder: str, prefix: str) -> None:
         "## Goals", "", targets_table(targets(data)) if data["points"] else "no point measured yet", "",
         "## One 28x28 image per request, top-3 labels", "",
         f"Model: the stored `{data['model']['name']}:{data['model']['version']}` ONNX file, one ONNX Runtime thread in every server. "
-        "Throughput counts 2xx answers; CPU is user + system time of each server's process tree (/proc) and wrk's (getrusage), in cores.", "",
+        "Throughput counts 2xx answers; CPU is user + system time of each server's process tree (/proc) and wrk's (getrusage), in cores; "
+        "\"idle others\" is what the servers not being measured used meanwhile (Ray's daemons mostly). The version of modelserve is the commit.", "",
         table(data), "",
     ]
     if plot:
@@ -142,4 +143,6 @@ def profile_lines(profile: dict | None) -> list[str]:
             f"py-spy sampled the one worker of the default-setting server at 100 Hz for {next(iter(profile.values()))['seconds']} s "
             "under each endpoint at c=32: shares of the event-loop thread's busy samples by layer (each sample at its innermost frame; "
             "the batch thread runs ONNX Runtime beside it).", "",
-            markdown_table(["layer"] + [f"`/{key}`" for key in loops], rows), ""]
+            markdown_table(["layer"] + [f"`/{key}`" for key in loops], rows), "",
+            "Innermost functions of the event loop under `/classify`:", "",
+            markdown_table(["function", "share"], [[f"`{f}`", f"{100 * share:.1f}%"] for f, share in loops["classify"].get("functions", [])[:10]]), ""]

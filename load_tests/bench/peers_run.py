@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     peer_env = {"PEER_MODEL": model_path, "PEER_LABELS": json.dumps(list(SPECS[CLASSIFIER].labels)), "OMP_NUM_THREADS": "1",
                 "BENTOML_DO_NOT_TRACK": "true"}
     servers: dict = {}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "?"
 
     def save() -> None:  # partial results, as the run goes
         data["seconds"] = time.perf_counter() - started
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ours = [(SERVICE, RECOMMENDED)] + ([] if args.no_default else [(DEFAULT, {})])
         for label, env in ours:
-            info = {"kind": "modelserve", "settings": ", ".join(f"{k}={v}" for k, v in env.items()) or "defaults", "python": True}
+            info = {"kind": "modelserve", "settings": ", ".join(f"{k}={v}" for k, v in env.items()) or "defaults", "python": True, "version": commit}
             try:
                 servers[label] = Server("bentoml", env, workdir)
                 info.update(ready_s=servers[label].ready_s, answer=check_answer(servers[label].url + "/classify", *payloads["classify_json"][:2], expected))
