@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 
 from load_tests.bench.common import Target, machine, markdown_table, ms, ratio, targets_table
 
 
 def point(data: dict, server: str, what: str, c: int) -> dict | None:
-    for p in data["points"]:
-        if p["server"] == server and p["what"] == what and p["concurrency"] == c and "failed" not in p:
-            return p
-    return None
+    """A server's figures at one point: with several rounds, the median of each figure."""
+    found = [p for p in data["points"] if p["server"] == server and p["what"] == what and p["concurrency"] == c and "failed" not in p]
+    if len(found) <= 1:
+        return found[0] if found else None
+    number = (int, float)
+    return {k: statistics.median(p[k] for p in found) if isinstance(v, number) and not isinstance(v, bool) else v for k, v in found[0].items()}
 
 
 def ours(data: dict) -> str:
@@ -34,8 +37,8 @@ def targets(data: dict) -> list[Target]:
         out.append(Target(f"{me} c=32 req/s / {label}'s", ratio(mine32 and mine32["rps_ok"], theirs32 and theirs32["rps_ok"]),
                           2.0 if info["python"] else 1.0, ">=" if info["python"] else ">", "x", missing=why))
         out.append(Target(f"{me} c=1 p50 / {label}'s", ratio(mine1 and mine1["p50_ms"], theirs1 and theirs1["p50_ms"]), 1.0, "<", "x", missing=why))
-    v2 = next((p for p in data["points"] if p["what"] == "v2_binary" and "failed" not in p), None)
-    inproc = data["inprocess_batch"][-1] if data["inprocess_batch"] else None
+    v2 = next((point(data, p["server"], p["what"], p["concurrency"]) for p in data["points"] if p["what"] == "v2_binary"), None)
+    inproc = {"rows_per_s": statistics.median(r["rows_per_s"] for r in data["inprocess_batch"])} if data["inprocess_batch"] else None
     out.append(Target(f"V2 binary {v2['rows_per_request'] if v2 else 64}-row rows/s / in-process ORT batch 64",
                       ratio(v2 and v2["rps_ok"] * v2["rows_per_request"], inproc and inproc["rows_per_s"]), 0.7, ">=", "x", missing="V2 point missing"))
     noop = point(data, me, "noop", 32)
@@ -67,7 +70,8 @@ def write(data: dict, folder: str, prefix: str) -> None:
         "# modelserve against other servers", "",
         f"`{data['command'].strip()}` on {data['date']}, {data.get('seconds', 0):.0f} s"
         + ("" if end else " — **run in progress or interrupted: partial results**")
-        + f". {data['duration_s']} s per point after a {data['warmup_s']} s warm-up, wrk `-t1`, every server up side by side and taking turns point by point.", "",
+        + f". {data['duration_s']} s per point after a {data['warmup_s']} s warm-up, wrk `-t1`, every server up side by side and taking turns point by point, "
+        f"{data.get('rounds', 1)} round(s) of all the points; with more than one, each figure below is the median over the rounds.", "",
         f"Machine: {m['cpu']}, {m['usable_cpus']} usable CPUs. Load average (1, 5, 15 min) at start {', '.join(f'{x:.2f}' for x in load)}"
         + (f", at end {', '.join(f'{x:.2f}' for x in end)}" if end else "")
         + ": the machine is shared, figures are noisy; ratios measured side by side in this run are what count.", "",
@@ -82,7 +86,7 @@ def write(data: dict, folder: str, prefix: str) -> None:
         lines += [f"![servers]({plot})", ""]
     lines += ["## Settings", ""] + [f"- **{label}**: {info['settings']}" for label, info in data["servers"].items()]
     lines += [f"- {data['triton']}.", ""]
-    v2 = [p for p in data["points"] if p["what"] in ("v2_binary", "noop")]
+    v2 = [p for p in data["points"] if p["what"] in ("v2_binary", "noop")]  # every round
     if v2 or data["inprocess_batch"]:
         lines += ["## Closer to the limit", ""]
         for p in v2:
