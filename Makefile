@@ -79,7 +79,7 @@ bench-deps: $(VENV)/.bench-installed
 # Each peer is installed into a venv of its own under .peers/ (their pins conflict with one
 # another and with the service's); TorchServe needs Java, from apt. A peer that cannot be set up
 # is reported with the reason and the rest go on. Exit status 1 when a goal is missed.
-PEERS_ARGS ?=
+PEERS_ARGS ?= --rounds 3
 
 bench-peers: setup bench-deps
 	-@command -v java >/dev/null 2>&1 || $(SUDO) apt-get install -y openjdk-17-jre-headless || { $(SUDO) apt-get update && $(SUDO) apt-get install -y openjdk-17-jre-headless; }
