@@ -63,7 +63,8 @@ slo: setup
 	$(PY) -m load_tests.slo $(LOADTEST_DIR)/locust_stats.csv
 
 # Benchmark on the stored models: reports/bench.md, bench.json and PNG plots, about 10 minutes
-# (`make bench BENCH_ARGS=--quick` for a short run). The load generator is wrk, from apt.
+# (`make bench BENCH_ARGS=--quick` for a short run); exit status 1 when a target is missed. The
+# load generator is wrk, from apt.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BENCH_ARGS ?=
 
