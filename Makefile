@@ -9,9 +9,25 @@ PORT ?= 3000
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup models verify serve test soak clean-store loadtest slo bench bench-deps bench-peers
+.PHONY: setup system-packages models verify serve test soak clean-store loadtest slo bench bench-deps bench-peers
 
-setup: $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+setup: $(VENV)/.installed system-packages
+
+# Debian packages the tests need, installed where apt is available: prometheus (and promtool)
+# for the monitoring test, buildah and debootstrap to build and run the container image, wrk to
+# drive the peer benchmark's test.
+# Elsewhere, install them by hand (the names are Debian's); the tests that need one say so.
+SYSTEM_PACKAGES := prometheus buildah debootstrap wrk
+
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then echo "install these Debian packages by hand (no apt-get here):" $$missing; exit 0; fi; \
+	echo "installing:" $$missing; \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null \
+		|| { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }
 
 # torch first, pinned: its CPU build lies on this machine's disk, while a bare or open-ended
 # torch requirement would pull a multi-GB CUDA build.
@@ -28,9 +44,9 @@ models: setup
 verify: setup
 	$(PY) -m export verify
 
-# Serve every stored model; trains them first if any is missing or fails its check.
+# Serve every stored model; trains them first if any is missing or fails its check (and says why).
 serve: setup
-	@$(PY) -m export verify >/dev/null 2>&1 || $(MAKE) models
+	@out=$$($(PY) -m export verify 2>&1) || { echo "$$out" | tail -n 15; echo "-> the stored models failed their check: make models"; $(MAKE) models; }
 	$(VENV)/bin/bentoml serve service.service:ModelServe --host $(HOST) --port $(PORT)
 
 test: setup
@@ -65,7 +81,6 @@ slo: setup
 # Benchmark on the stored models: reports/bench.md, bench.json and PNG plots, about 10 minutes
 # (`make bench BENCH_ARGS=--quick` for a short run); exit status 1 when a target is missed. The
 # load generator is wrk, from apt.
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BENCH_ARGS ?=
 
 bench: setup bench-deps

@@ -30,13 +30,15 @@ def package_versions() -> dict[str, str]:
 
 
 def save(spec: ModelSpec, folder: str, metadata: dict) -> bentoml.Model:
-    """Store every file of `folder` as a new version of `spec.name`, with the checksums of its
-    ONNX files and the spec itself in the metadata."""
+    """Store every file of `folder` as a new version of `spec.name`, with the checksum of every
+    file (`files`; the ONNX files also under `onnx_files`, with their sizes) and the spec itself
+    in the metadata."""
     onnx_files = {
         g.filename: {"sha256": sha256_file(os.path.join(folder, g.filename)), "bytes": os.path.getsize(os.path.join(folder, g.filename))}
         for g in spec.graphs
     }
-    full_metadata = {"spec": spec.to_dict(), "opset": OPSET, "onnx_files": onnx_files, "versions": package_versions(), **metadata}
+    files = {name: sha256_file(os.path.join(folder, name)) for name in sorted(os.listdir(folder))}
+    full_metadata = {"spec": spec.to_dict(), "opset": OPSET, "onnx_files": onnx_files, "files": files, "versions": package_versions(), **metadata}
     labels = {"task": spec.task, "profile": str(metadata.get("training", {}).get("profile", ""))}
     with bentoml.models.create(spec.name, labels=labels, metadata=full_metadata) as model:
         for name in sorted(os.listdir(folder)):

@@ -26,16 +26,22 @@ import numpy as np
 from locust import HttpUser, events, task
 from PIL import Image
 
+from modelspec import DEFAULT_MODEL, DIGIT_LABELS, IMAGE_CLASSIFICATION, SPECS
+
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-CLASSIFIERS = ("cnn", "resnet", "resnet-int8")
+# The digit classifiers of modelspec (these payloads are digits): one task each.
+CLASSIFIERS = tuple(n for n, s in SPECS.items() if s.task == IMAGE_CLASSIFICATION and list(s.labels) == DIGIT_LABELS)
 PNG = b"\x89PNG\r\n\x1a\n"
 SPLIT_SEED = 0  # the training split's seed (TrainOptions.seed): these inputs were held out
 
 # Task name -> weight; `--weights name=w,...` (or LOCUST_WEIGHTS) overrides some, 0 turns one off.
+def classify_task(model: str) -> str:
+    return "classify_" + model.replace("-", "_")
+
+
+CLASSIFY_TASKS = {classify_task(m): m for m in CLASSIFIERS}
 DEFAULT_WEIGHTS = {
-    "classify_cnn": 15,
-    "classify_resnet": 8,
-    "classify_resnet_int8": 8,
+    **{classify_task(m): 15 if m == DEFAULT_MODEL[IMAGE_CLASSIFICATION] else 8 for m in CLASSIFIERS},
     "classify_image": 15,
     "sentiment": 20,
     "gan_generate": 6,
@@ -127,7 +133,11 @@ class ServiceUser(HttpUser):
         if not self.deck:
             self.deck = [name for name, weight in weights.items() for _ in range(weight)]
             random.shuffle(self.deck)
-        getattr(self, self.deck.pop())()
+        name = self.deck.pop()
+        if name in CLASSIFY_TASKS:
+            self.classify(CLASSIFY_TASKS[name])
+        else:
+            getattr(self, name)()
 
     def call(self, method: str, path: str, name: str, expect: str | None, **kwargs):
         """One request named `name`; failed unless 200 with JSON key `expect` (None: a PNG)."""
@@ -148,15 +158,6 @@ class ServiceUser(HttpUser):
     def classify(self, model: str):
         images = random.sample(ARRAYS, random.randint(1, min(4, len(ARRAYS))))
         self.call("POST", "/classify", f"/classify {model}", "predictions", json={"images": images, "model": model, "top_k": 3})
-
-    def classify_cnn(self):
-        self.classify("cnn")
-
-    def classify_resnet(self):
-        self.classify("resnet")
-
-    def classify_resnet_int8(self):
-        self.classify("resnet-int8")
 
     def classify_image(self):
         files = {"image": ("digit.png", random.choice(UPLOADS), "image/png")}

@@ -27,6 +27,7 @@ import requests
 from PIL import Image
 
 from load_tests.server import start, stop, wait_ready
+from modelspec import DIGIT_LABELS, IMAGE_CLASSIFICATION, SPECS
 
 MAX_RSS_GROWTH = 0.10
 
@@ -52,6 +53,9 @@ def digit_png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
+DIGIT_CLASSIFIERS = [n for n, s in SPECS.items() if s.task == IMAGE_CLASSIFICATION and list(s.labels) == DIGIT_LABELS]
+
+
 def requests_mix():
     """An endless cycle of (name, method, path, kwargs, expected status)."""
     zero = [[0.0] * 28] * 28
@@ -59,21 +63,20 @@ def requests_mix():
     rows = rng.random((4, 28, 28)).round(3).tolist()
     upload = digit_png(0)
     mix = [
-        ("classify", "post", "/classify", {"json": {"images": rows, "model": "cnn"}}, 200),
-        ("classify resnet", "post", "/classify", {"json": {"images": rows[:1], "model": "resnet"}}, 200),
-        ("classify int8", "post", "/classify", {"json": {"images": rows[:2], "model": "resnet-int8"}}, 200),
+        *[(f"classify {model}", "post", "/classify", {"json": {"images": rows[: 1 + i % 4], "model": model}}, 200)
+          for i, model in enumerate(DIGIT_CLASSIFIERS)],
         ("classify image", "post", "/classify/image", {"files": {"image": ("d.png", upload, "image/png")}}, 200),
         ("sentiment", "post", "/sentiment", {"json": {"texts": ["质量很好，非常满意", "太差了"]}}, 200),
         ("gan", "post", "/gan/generate", {"json": {"n": 8, "seed": 1}}, 200),
         ("vae sample", "post", "/vae/sample", {"json": {"n": 4, "seed": 2, "format": "base64"}}, 200),
         ("vae reconstruct", "post", "/vae/reconstruct", {"files": {"image": ("d.png", upload, "image/png")}}, 200),
         ("vae interpolate", "post", "/vae/interpolate", {"json": {"seed_a": 1, "seed_b": 2, "steps": 6}}, 200),
-        ("infer cnn", "post", "/infer/cnn", {"json": {"images": [[zero]]}}, 200),
+        ("infer cnn", "post", "/infer/cnn", {"json": {"image": [[zero]]}}, 200),
         ("models", "get", "/models", {}, 200),
         ("bad shape", "post", "/classify", {"json": {"images": [[1, 2]]}}, 400),
         ("bad image", "post", "/classify/image", {"files": {"image": ("x.png", b"not an image", "image/png")}}, 400),
         ("bad json", "post", "/sentiment", {"data": b'{"texts": [', "headers": {"content-type": "application/json"}}, 400),
-        ("nan", "post", "/infer/cnn", {"data": '{"images": [[%s]]}' % json.dumps([[float("nan")] * 28] * 28), "headers": {"content-type": "application/json"}}, 400),
+        ("nan", "post", "/infer/cnn", {"data": '{"image": [[%s]]}' % json.dumps([[float("nan")] * 28] * 28), "headers": {"content-type": "application/json"}}, 400),
     ]
     return itertools.cycle(mix)
 

@@ -43,10 +43,26 @@ def grey_pixels(image: Image.Image) -> np.ndarray:
     return grey * alpha + background * (1.0 - alpha)
 
 
+def light_border(pixels: np.ndarray) -> bool:
+    """Whether the border of a grey [H, W] image (its background) is mostly light."""
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return bool(border.mean() > 0.5)
+
+
 def light_on_dark(pixels: np.ndarray) -> np.ndarray:
     """Invert an image whose border (its background) is mostly light."""
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    return 1.0 - pixels if border.mean() > 0.5 else pixels
+    return 1.0 - pixels if light_border(pixels) else pixels
+
+
+def rgb_pixels(image: Image.Image) -> np.ndarray:
+    """float32 [3, H, W] in [0, 1]; transparent pixels show white."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        grey = grey_pixels(image)
+        return np.repeat(grey[None], 3, axis=0)
+    rgba = image.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    rgb = Image.alpha_composite(canvas, rgba).convert("RGB")
+    return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 
 INK_THRESHOLD = 0.2
@@ -76,28 +92,36 @@ def content_margin(images: np.ndarray) -> float:
 
 
 def frame_like_training(pixels: np.ndarray, preprocessing: dict) -> np.ndarray:
-    """A grey light-on-dark [H, W] image of any size -> [1, 1, H', W'] model input: crop to the
-    ink, centre it in a square with the training data's margin, average down to the training
-    images' source resolution, stretch contrast to [0, 1], then resize as in training."""
-    box = ink_box(pixels)
+    """A light-on-dark image of any size, grey [H, W] or planes [C, H, W] -> [1, C, H', W'] model
+    input: crop to the ink (of the planes' mean), centre it in a square with the training data's
+    margin, average down to the training images' source resolution, stretch contrast to [0, 1],
+    then resize as in training."""
+    planes = np.asarray(pixels, dtype=np.float32)
+    planes = planes[None] if planes.ndim == 2 else planes
+    box = ink_box(planes.mean(axis=0))
     if box is not None:
         top, bottom, left, right = box
-        ink = pixels[top:bottom, left:right]
-        side = max(ink.shape)
+        ink = planes[:, top:bottom, left:right]
+        side = max(ink.shape[1:])
         margin = float(preprocessing.get("content_margin", 0.0))
         full = int(round(side / max(1.0 - 2 * margin, 0.1)))
-        square = np.zeros((full, full), dtype=np.float32)
-        y, x = (full - ink.shape[0]) // 2, (full - ink.shape[1]) // 2
-        square[y : y + ink.shape[0], x : x + ink.shape[1]] = ink
-        pixels = square
+        square = np.zeros((len(planes), full, full), dtype=np.float32)
+        y, x = (full - ink.shape[1]) // 2, (full - ink.shape[2]) // 2
+        square[:, y : y + ink.shape[1], x : x + ink.shape[2]] = ink
+        planes = square
     source = preprocessing.get("source_size", preprocessing["size"])
-    small = Image.fromarray(np.asarray(pixels, dtype=np.float32), mode="F").resize(
-        (int(source[1]), int(source[0])), Image.Resampling.BOX
-    )
-    small = np.asarray(small, dtype=np.float32)
+    small = np.stack([resize_plane(plane, source, "box") for plane in planes])
     if small.max() > 0:
         small = small / small.max()
-    return resize_batch(small[None], preprocessing["size"], preprocessing.get("resample", "bilinear"))
+    return resize_batch(small, preprocessing["size"], preprocessing.get("resample", "bilinear"))[None, :, 0]
+
+
+def resize_plane(plane: np.ndarray, size, resample: str) -> np.ndarray:
+    height, width = int(size[0]), int(size[1])
+    if plane.shape == (height, width):
+        return np.asarray(plane, dtype=np.float32)
+    resized = Image.fromarray(np.asarray(plane, dtype=np.float32), mode="F").resize((width, height), RESAMPLE[resample])
+    return np.asarray(resized, dtype=np.float32)
 
 
 GRID_GAP = 2

@@ -24,7 +24,30 @@ REJECTED = Counter(
 )
 MODEL_INFO = Gauge(
     "modelserve_model_info",
-    "Loaded models: 1 per model, version and ONNX sha256",
+    "Loaded models: 1 per loaded model, version and ONNX sha256, 0 once retired",
     ["model", "version", "sha256"],
     multiprocess_mode="max",
+)
+REQUEST_SECONDS = Histogram(
+    "modelserve_request_seconds",
+    "Time of one request's model calls (queue and compute, all graphs), per model and the version that answered",
+    ["model", "version"],
+    buckets=COMPUTE_BUCKETS,
+)
+QUEUE_SECONDS = Histogram(
+    "modelserve_queue_seconds",
+    "Time a request waited in its batcher's queue before its batch ran",
+    ["model", "version"],
+    buckets=COMPUTE_BUCKETS,
+)
+SHADOW_RUNS = Counter(
+    "modelserve_shadow_runs",
+    "Requests copied to a shadow version after the answer: agree (same top labels; for tensors, same shapes), disagree, error",
+    ["model", "primary", "shadow", "result"],
+)
+SHADOW_DIFF = Histogram(
+    "modelserve_shadow_max_abs_diff",
+    "Largest absolute difference between a shadow version's tensor output and the answering version's",
+    ["model", "primary", "shadow"],
+    buckets=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0),
 )

@@ -47,17 +47,26 @@ class LoadedModel:
             expected = metadata["onnx_files"]
         except (KeyError, TypeError, ValueError) as e:
             raise ModelLoadError(f"model {name}:{version}: metadata is incomplete ({e}); {fix}") from None
-        sessions = {}
-        for graph in spec.graphs:
-            file_path = os.path.join(path, graph.filename)
+        checksums = {**metadata.get("files", {}), **{f: info.get("sha256") for f, info in expected.items()}}
+
+        def checked(filename: str) -> str:
+            """The file's path, once its sha256 matches the one stored in the metadata."""
+            file_path = os.path.join(path, filename)
             if not os.path.isfile(file_path):
-                raise ModelLoadError(f"model {name}:{version}: {graph.filename} is missing; {fix}")
+                raise ModelLoadError(f"model {name}:{version}: {filename} is missing; {fix}")
+            if filename not in checksums:
+                raise ModelLoadError(f"model {name}:{version}: no sha256 for {filename} in its metadata; {fix}")
             actual = sha256_file(file_path)
-            if actual != expected.get(graph.filename, {}).get("sha256"):
+            if actual != checksums[filename]:
                 raise ModelLoadError(
-                    f"model {name}:{version}: {graph.filename} does not match the sha256 in its metadata "
+                    f"model {name}:{version}: {filename} does not match the sha256 in its metadata "
                     f"(file {actual[:12]}…); the file is damaged or was replaced; {fix}"
                 )
+            return file_path
+
+        sessions = {}
+        for graph in spec.graphs:
+            file_path = checked(graph.filename)
             try:
                 sessions[graph.filename] = ort.InferenceSession(
                     file_path, session_options(threads), providers=["CPUExecutionProvider"]
@@ -67,7 +76,7 @@ class LoadedModel:
         vocab = {}
         if spec.input_kind == "text":
             try:
-                with open(os.path.join(path, "vocab.json"), encoding="utf-8") as f:
+                with open(checked("vocab.json"), encoding="utf-8") as f:
                     vocab = json.load(f)
             except (OSError, ValueError) as e:
                 raise ModelLoadError(f"model {name}:{version}: vocab.json unreadable ({e}); {fix}") from None
@@ -81,15 +90,13 @@ class LoadedModel:
 
     def warm_up(self) -> None:
         """One run per graph at a few batch sizes, so the first request pays no set-up cost."""
+        fill = {"lengths": 4, "class_index": 0}
         for graph in self.spec.graphs:
             for batch in (1, 8):
                 feeds = {}
                 for t in graph.inputs:
                     shape = [batch if i == 0 else (4 if d == -1 else d) for i, d in enumerate(t.shape)]
-                    if t.kind == "lengths":
-                        feeds[t.name] = np.full(shape, 4, dtype=np.int64)
-                    else:
-                        feeds[t.name] = np.ones(shape, dtype=t.dtype)
+                    feeds[t.name] = np.full(shape, fill.get(t.kind, 1), dtype=t.dtype)
                 self.run(graph.filename, feeds)
 
     def describe(self) -> dict:
@@ -106,29 +113,33 @@ class LoadedModel:
             "dataset": md.get("dataset", {}),
             "opset": md.get("opset"),
             "onnx_files": md.get("onnx_files", {}),
-            "versions": md.get("versions", {}),
+            "software": md.get("versions", {}),
         }
 
 
-def check_stored_models(names, threads: int = 1) -> None:
-    """Load every named model (`name:latest`) once, with all the checks of LoadedModel.load,
-    and drop it; raises ModelLoadError for the first that fails."""
+def stored_models() -> dict[str, str]:
+    """{name: latest version} of every model in the store that carries a spec (what export
+    stores): the models a server serves unless its serving state says otherwise."""
     import bentoml
 
-    for name in names:
-        stored = bentoml.models.get(f"{name}:latest")
-        LoadedModel.load(name, stored.tag.version, stored.path, stored.info.metadata, threads)
+    latest = {}
+    for model in bentoml.models.list():
+        if isinstance(model.info.metadata.get("spec"), dict):
+            name = model.tag.name
+            if name not in latest or model.creation_time > latest[name].creation_time:
+                latest[name] = model
+    return {name: model.tag.version for name, model in sorted(latest.items())}
 
 
-CHECKED_BY = "MODELSERVE_STORE_CHECKED_BY"
+def load_stored(name: str, version: str, threads: int) -> LoadedModel:
+    """`name:version` from the store, checked and warmed up; ModelLoadError names what is wrong."""
+    import bentoml
 
-
-def check_store_once(names) -> None:
-    """check_stored_models in the `bentoml serve` process, when it imports the service. A model
-    that fails there stops the server with its message and a non-zero exit; a failure in a
-    worker would only make `bentoml serve` start the worker again, forever (outside a container). The workers, children of that
-    process, inherit its mark and skip the check: each loads (and checks) every model anyway."""
-    if os.environ.get(CHECKED_BY) == str(os.getppid()):
-        return
-    check_stored_models(names)
-    os.environ[CHECKED_BY] = str(os.getpid())
+    try:
+        stored = bentoml.models.get(f"{name}:{version}")
+    except bentoml.exceptions.NotFound:
+        store = os.environ.get("BENTOML_HOME", "~/bentoml")
+        raise ModelLoadError(
+            f"model {name}:{version} is not in the model store {store}; run `make models` (or `python -m export {name}`)"
+        ) from None
+    return LoadedModel.load(name, stored.tag.version, stored.path, stored.info.metadata, threads)

@@ -1,104 +1,140 @@
-"""One BentoML service for every stored model, run with ONNX Runtime.
+"""One BentoML service serving every model of the registry through the contract of its task.
 
-Each graph has a `Batcher` (service/batching.py): public endpoints validate and preprocess a
-request, then await their model's batcher, so rows from concurrent requests run as one ONNX
-Runtime batch. The `/infer/*` endpoints take model-ready tensors through the same batchers.
+The registry (service/registry.py) holds the stored models the serving state names, each
+version served through the class of its task (service/tasks.py). The typed endpoints below are
+the tasks' public API; `/infer/{name}`, `/models`, the Open Inference Protocol (service/v2.py)
+and the admin API (service/admin.py) are plain routes over the same registry. No endpoint
+names a model: a request picks one with `model` (default: the task's default in modelspec).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import json
 import os
 import secrets
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-from bentoml.validators import DType, Shape  # noqa: E402
 from pydantic import Field  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from modelspec import EXPORT_ORDER, GAN_LATENT, VAE_LATENT  # noqa: E402
-from modelspec.text import encode_batch  # noqa: E402
-from service import guard, images, inputs, metrics, overhead, v2  # noqa: E402
-from service.batching import Batcher, chain  # noqa: E402
+from modelspec import AUTOENCODER, DEFAULT_MODEL, IMAGE_CLASSIFICATION, IMAGE_GENERATION, TEXT_CLASSIFICATION  # noqa: E402
+from service import admin, guard, images, inputs, metrics, openapi, patches, state, stats, v2  # noqa: E402
 from service.errors import ClientError, answers_client_errors  # noqa: E402
-from service.runtime import LoadedModel, ModelLoadError, check_store_once  # noqa: E402
+from service.registry import Registry, Route as ModelRoute, check_once  # noqa: E402
 
 WORKERS = int(os.environ.get("MODELSERVE_WORKERS", 1))
 ORT_THREADS = int(os.environ.get("MODELSERVE_ORT_THREADS", 1))
-MAX_BATCH = int(os.environ.get("MODELSERVE_MAX_BATCH", 64))
-BATCH_WAIT_MS = float(os.environ.get("MODELSERVE_BATCH_WAIT_MS", 0))
+NOOP_ROUTE = os.environ.get("MODELSERVE_NOOP_ROUTE", "").lower() == "true"
 
-# The batchers, named like their /infer/ routes and their V2 models: (stored model, graph).
-TENSOR_GRAPHS = {
-    "cnn": ("cnn", "model.onnx"),
-    "resnet": ("resnet", "model.onnx"),
-    "resnet-int8": ("resnet-int8", "model.onnx"),
-    "gan": ("gan", "model.onnx"),
-    "vae-decoder": ("vae", "decoder.onnx"),
-    "vae-encoder": ("vae", "encoder.onnx"),
-}
-
-Classifier = Literal["cnn", "resnet", "resnet-int8"]
-ImageRows = Annotated[np.ndarray, Shape((-1, 1, 28, 28)), DType("float32")]
-VAELatent = Annotated[np.ndarray, Shape((-1, VAE_LATENT)), DType("float32")]
-GANLatent = Annotated[np.ndarray, Shape((-1, GAN_LATENT)), DType("float32")]
+# Every limit is in the schema, so the OpenAPI document says what the service takes; integers
+# are strict (no "2" for 2, no true for 1). Nullable fields say so (BentoML's document drops the
+# null of a union).
 OutputFormat = Literal["png", "base64", "array"]
-# Output shapes, for the OpenAPI document (BentoML documents a bare ndarray as a flat list).
-Logits = Annotated[np.ndarray, Shape((-1, 10)), DType("float32")]
-Pictures = Annotated[np.ndarray, Shape((-1, 1, 28, 28)), DType("float32")]
-Moments = Annotated[np.ndarray, Shape((-1, 2 * VAE_LATENT)), DType("float32")]
+TopK = Annotated[int, Field(ge=1, le=10, strict=True, description="How many labels per item, most probable first")]
+Count = Annotated[int, Field(ge=1, le=inputs.MAX_GENERATED, strict=True, description="How many images")]
+Seed = Annotated[int, Field(ge=0, le=inputs.MAX_SEED, strict=True)]
+Steps = Annotated[int, Field(ge=2, le=32, strict=True, description="Images in the strip, both ends included")]
+NULLABLE = {"nullable": True}
+Text = Annotated[str, Field(min_length=1, max_length=inputs.MAX_TEXT_CHARS, pattern=r"\S")]
+# A class index, or one per image; validated by inputs.class_labels (BentoML's document keeps
+# only the first type of a union, so the field carries its own schema).
+LABEL_SCHEMA = {"nullable": True, "oneOf": [{"type": "integer", "minimum": 0}, {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}]}
+
+# Decoding and framing an upload (up to 16 megapixels) would stall every other request of the
+# worker if it ran on the event loop (MODELSERVE_DECODE_THREADS=0 does that, for the benchmark).
+DECODE_THREADS = int(os.environ.get("MODELSERVE_DECODE_THREADS", 2))
+DECODE_POOL = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode") if DECODE_THREADS else None
 
 
-def require_stored_models() -> None:
-    """Stop at start-up, naming the model and the fix, when a model is not in the store."""
-    missing = []
-    for name in EXPORT_ORDER:
-        try:
-            bentoml.models.get(f"{name}:latest")
-        except bentoml.exceptions.NotFound:
-            missing.append(name)
-    if missing:
-        store = os.environ.get("BENTOML_HOME", "~/bentoml")
-        raise ModelLoadError(f"not in the model store {store}: {', '.join(missing)}; run `make models` (or `python -m export {missing[0]}`)")
+async def off_the_loop(function, *args):
+    if DECODE_POOL is None:
+        return function(*args)
+    return await asyncio.get_running_loop().run_in_executor(DECODE_POOL, function, *args)
 
 
-require_stored_models()
-check_store_once(EXPORT_ORDER)  # a damaged or unloadable model stops `bentoml serve` itself
-overhead.trim()
+check_once()  # a missing, damaged or unloadable model stops `bentoml serve` itself
+patches.harden_bentoml()  # before the APIs below are declared: pydantic keeps the validator it sees
+patches.trim_middlewares()
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+def describe(entry, figures: dict) -> dict:
+    """A served model: its default version's metadata, and every loaded version with its role,
+    traffic share, sha256, quality metrics and request figures."""
+    state = entry.state
+    versions = []
+    for version, served in entry.versions.items():
+        md = served.loaded.metadata
+        versions.append({
+            "version": version,
+            "role": state.role(version),
+            "traffic_share": state.share(version),
+            "sha256": {name: info["sha256"] for name, info in md.get("onnx_files", {}).items()},
+            "metrics": md.get("metrics", {}),
+            **stats.summary(figures.get((entry.name, version), {})),
+        })
+    return {**entry.default.loaded.describe(), "tensor_views": list(entry.default.views), "versions": versions}
 
 
 async def list_models(request: Request) -> JSONResponse:
-    service = bentoml.get_current_service()
-    return JSONResponse({"models": [loaded.describe() for loaded in service.models.values()]})
+    registry, figures = bentoml.get_current_service().registry, stats.collect()
+    return JSONResponse({"models": [describe(entry, figures) for entry in registry.entries.values()]})
 
 
 async def one_model(request: Request) -> JSONResponse:
-    service = bentoml.get_current_service()
-    loaded = service.models.get(request.path_params["name"])
-    if loaded is None:
-        return ClientError("name", f"no model {request.path_params['name']!r}; see GET /models", "unknown_model", 404).response()
-    return JSONResponse(loaded.describe())
+    registry = bentoml.get_current_service().registry
+    try:
+        entry = registry.entry(request.path_params["name"])
+    except ClientError as e:
+        return e.response()
+    return JSONResponse(describe(entry, stats.collect()))
 
 
-# Routes BentoML's POST-only APIs cannot be: GET model metadata (version, metrics, spec,
-# preprocessing, sha256) and the Open Inference Protocol.
-plain_routes = Starlette(routes=[Route("/models", list_models), Route("/models/{name}", one_model), *v2.routes])
+async def infer_tensor(request: Request) -> Response:
+    """POST /infer/{name}: {"<input>": array, ...} -> {"model", "version", "outputs": {"<output>": array}}."""
+    registry, name = bentoml.get_current_service().registry, request.path_params["name"]
+    try:
+        route, view = registry.view(name, request.headers)
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, RecursionError):
+            raise ClientError("body", "is not JSON", "invalid_json") from None
+        if not isinstance(body, dict):
+            raise ClientError("body", f"must be a JSON object of inputs {[t.name for t in view.inputs]}", "invalid_input")
+        try:
+            feeds = route.primary.read_inputs(view, body)
+        except ClientError as e:
+            metrics.REJECTED.labels(endpoint="infer", model=route.model, version=route.primary.version, reason=e.reason).inc()
+            raise
+        outputs = await route.call("infer", view.name, feeds)
+    except ClientError as e:
+        return e.response()
+    answer = {"model": view.name, "version": route.primary.version, "outputs": {k: v.tolist() for k, v in outputs.items()}}
+    return route.answer(JSONResponse(answer))
+
+
+# Routes BentoML's typed POST APIs cannot be: GET metadata, any-model tensor routes, the Open
+# Inference Protocol and the admin API.
+plain_routes = Starlette(
+    routes=[
+        Route("/models", list_models),
+        Route("/models/{name}", one_model),
+        Route("/infer/{name}", infer_tensor, methods=["POST"]),
+        *v2.routes,
+        *admin.routes,
+    ]
+)
 
 
 @bentoml.asgi_app(plain_routes, path="/")
@@ -109,31 +145,11 @@ plain_routes = Starlette(routes=[Route("/models", list_models), Route("/models/{
     metrics={"enabled": True, "namespace": "bentoml_service"},
 )
 class ModelServe:
-    cnn_model = bentoml.models.BentoModel("cnn:latest")
-    resnet_model = bentoml.models.BentoModel("resnet:latest")
-    resnet_int8_model = bentoml.models.BentoModel("resnet-int8:latest")
-    sentiment_model = bentoml.models.BentoModel("sentiment:latest")
-    vae_model = bentoml.models.BentoModel("vae:latest")
-    gan_model = bentoml.models.BentoModel("gan:latest")
-
     def __init__(self) -> None:
-        refs = {
-            "cnn": type(self).cnn_model,
-            "resnet": type(self).resnet_model,
-            "resnet-int8": type(self).resnet_int8_model,
-            "sentiment": type(self).sentiment_model,
-            "vae": type(self).vae_model,
-            "gan": type(self).gan_model,
-        }
-        self.models: dict[str, LoadedModel] = {}
-        for name, ref in refs.items():
-            stored = ref.stored
-            loaded = LoadedModel.load(name, stored.tag.version, stored.path, stored.info.metadata, ORT_THREADS)
-            self.models[name] = loaded
-            for info in loaded.metadata["onnx_files"].values():
-                metrics.MODEL_INFO.labels(model=name, version=loaded.version, sha256=info["sha256"]).set(1)
-        self.batchers = self._batchers()
-        self.graph_of = {**TENSOR_GRAPHS, "sentiment": ("sentiment", None)}  # None: it takes texts
+        self.registry = Registry(ORT_THREADS)
+        watcher = state.Watcher(lambda generation, models: self.registry.apply(models))
+        watcher.check_now()  # load what the serving state names before the first request
+        watcher.start()
         # What is loaded by now lives as long as the worker: out of the garbage collector's full
         # passes, which would otherwise rescan its ~120,000 objects every ~1,000 requests (60 ms).
         gc.collect()
@@ -143,204 +159,204 @@ class ModelServe:
     def __is_ready__(self) -> bool:
         return getattr(self, "ready", False)
 
-    def _run(self, name: str, filename: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """One executed batch: ONNX Runtime time and rows are recorded per model and version."""
-        loaded = self.models[name]
-        started = time.perf_counter()
-        outputs = loaded.run(filename, feeds)
-        metrics.INFERENCE_SECONDS.labels(model=name, version=loaded.version).observe(time.perf_counter() - started)
-        metrics.BATCH_ROWS.labels(model=name, version=loaded.version).observe(len(next(iter(feeds.values()))))
-        return outputs
+    def route(self, ctx: bentoml.Context, model: str, task: str) -> ModelRoute:
+        if model == DEFAULT_MODEL.get(task):
+            model = self.registry.first_of(task, model)
+        return self.registry.route(model, task, ctx.request.headers)
 
-    def _batchers(self) -> dict[str, Batcher]:
-        """One batcher per graph, named like its /infer/ route."""
-
-        def tensor(name: str, filename: str, input_name: str):
-            # Graphs with several outputs (the VAE encoder's mu and logvar) answer them side by side.
-            return lambda rows: np.concatenate(self._run(name, filename, {input_name: rows}), axis=1)
-
-        def sentiment(texts: list[str]) -> np.ndarray:
-            loaded = self.models["sentiment"]
-            tokens, lengths = encode_batch(texts, loaded.vocab, loaded.spec.preprocessing)
-            return softmax(self._run("sentiment", "model.onnx", {"tokens": tokens, "lengths": lengths})[0])
-
-        batchers = {
-            key: Batcher(key, tensor(model, filename, self.graph(model, filename).inputs[0].name), MAX_BATCH, BATCH_WAIT_MS)
-            for key, (model, filename) in TENSOR_GRAPHS.items()
-        }
-        batchers["sentiment"] = Batcher("sentiment", sentiment, MAX_BATCH, BATCH_WAIT_MS, join=chain)
-        return batchers
-
-    def graph(self, model: str, filename: str):
-        return next(g for g in self.models[model].spec.graphs if g.filename == filename)
-
-    # Tensor endpoints: model-ready rows in, raw outputs out, through the same batchers.
-
-    @bentoml.api(route="/infer/cnn")
-    @answers_client_errors("infer_cnn", model="cnn")
-    async def infer_cnn(self, images: ImageRows) -> Logits:
-        """Logits [N, 10] of `cnn` for images [N, 1, 28, 28] in [0, 1]."""
-        return JSONResponse((await self.batchers["cnn"](inputs.image_rows(images))).tolist())
-
-    @bentoml.api(route="/infer/resnet")
-    @answers_client_errors("infer_resnet", model="resnet")
-    async def infer_resnet(self, images: ImageRows) -> Logits:
-        """Logits [N, 10] of `resnet`."""
-        return JSONResponse((await self.batchers["resnet"](inputs.image_rows(images))).tolist())
-
-    @bentoml.api(route="/infer/resnet-int8")
-    @answers_client_errors("infer_resnet_int8", model="resnet-int8")
-    async def infer_resnet_int8(self, images: ImageRows) -> Logits:
-        """Logits [N, 10] of `resnet-int8`."""
-        return JSONResponse((await self.batchers["resnet-int8"](inputs.image_rows(images))).tolist())
-
-    @bentoml.api(route="/infer/sentiment")
-    @answers_client_errors("infer_sentiment", model="sentiment")
-    async def infer_sentiment(self, texts: list[str]) -> list[list[float]]:
-        """Class probabilities [negative, positive] per text; a batch is right-padded to its
-        longest text, which the model ignores."""
-        return JSONResponse((await self.batchers["sentiment"](inputs.texts(texts))).tolist())
-
-    @bentoml.api(route="/infer/gan")
-    @answers_client_errors("infer_gan", model="gan")
-    async def infer_gan(self, z: GANLatent) -> Pictures:
-        """Images [N, 1, 28, 28] from latents [N, GAN_LATENT]."""
-        return JSONResponse((await self.batchers["gan"](inputs.latent_rows(z))).tolist())
-
-    @bentoml.api(route="/infer/vae-decoder")
-    @answers_client_errors("infer_vae_decoder", model="vae")
-    async def infer_vae_decoder(self, z: VAELatent) -> Pictures:
-        """Images [N, 1, 28, 28] from latents [N, VAE_LATENT]."""
-        return JSONResponse((await self.batchers["vae-decoder"](inputs.latent_rows(z))).tolist())
-
-    @bentoml.api(route="/infer/vae-encoder")
-    @answers_client_errors("infer_vae_encoder", model="vae")
-    async def infer_vae_encoder(self, images: ImageRows) -> Moments:
-        """[mu | logvar] as one [N, 2 * VAE_LATENT] array for images [N, 1, 28, 28]."""
-        return JSONResponse((await self.batchers["vae-encoder"](inputs.image_rows(images))).tolist())
-
-    @bentoml.api(route="/noop")
-    async def noop(self, images: list = Field(description="Anything; nothing is run"), model: str = "cnn", top_k: int = 3) -> dict:
-        """Takes a /classify body and runs nothing: the HTTP ceiling the benchmark measures against."""
-        return JSONResponse({"ok": True})
-
-    # Public endpoints.
-
-    async def _classify_rows(self, model: str, rows: np.ndarray, top_k: int) -> dict:
-        probabilities = softmax(await self.batchers[model](rows))
-        loaded = self.models[model]
-        labels = loaded.spec.labels
-        predictions = []
+    def predictions(self, route: ModelRoute, probabilities: np.ndarray, top_k: int) -> list[list[dict]]:
+        labels, version = route.primary.spec.labels, route.primary.version
+        counter = metrics.PREDICTIONS
+        found = []
         for row in probabilities:
             order = np.argsort(-row)[:top_k]
-            metrics.PREDICTIONS.labels(model=model, version=loaded.version, label=labels[order[0]]).inc()
-            predictions.append([{"label": labels[i], "probability": float(row[i])} for i in order])
-        return {"model": model, "version": loaded.version, "predictions": predictions}
+            counter.labels(model=route.model, version=version, label=labels[order[0]]).inc()
+            found.append([{"label": labels[i], "probability": float(row[i])} for i in order])
+        return found
+
+    if NOOP_ROUTE:
+
+        @bentoml.api(route="/noop")
+        async def noop(self, images: list = Field(description="Anything; nothing is run"), model: str = "", top_k: int = 3) -> dict:
+            """Takes a /classify body and runs nothing: the HTTP ceiling the benchmark measures
+            against (served only with MODELSERVE_NOOP_ROUTE=true)."""
+            return JSONResponse({"ok": True})
+
+    # Image classification.
 
     @bentoml.api(route="/classify")
-    @answers_client_errors("classify")
+    @answers_client_errors(DEFAULT_MODEL[IMAGE_CLASSIFICATION])
     async def classify(
         self,
-        images: list = Field(description="Model-ready images: [N, 28, 28] or [N, 1, 28, 28], values in [0, 1], ink bright"),
-        model: Classifier = "cnn",
-        top_k: Annotated[int, Field(ge=1, le=10)] = 3,
+        ctx: bentoml.Context,
+        images: list[list[list]] = Field(
+            min_length=1, max_length=inputs.MAX_ITEMS,
+            description="Images in [0, 1]: [N, H, W] (one channel) or [N, C, H, W] at the model's size; digits: 28x28, ink bright",
+        ),
+        model: str = Field(DEFAULT_MODEL[IMAGE_CLASSIFICATION], description="An image-classification model (GET /models)"),
+        top_k: TopK = 3,
     ) -> dict:
-        """Digit classes of a JSON batch of 28x28 arrays, top_k labels with probabilities each."""
-        size = self.models[model].spec.preprocessing["size"]
-        return JSONResponse(await self._classify_rows(model, inputs.array_batch(images, size), top_k))
+        """Classes of a JSON batch of images, top_k labels with probabilities each."""
+        route = self.route(ctx, model, IMAGE_CLASSIFICATION)
+        pixels = route.primary.pixels_of_json(images)
+        probabilities = (await route.call("classify", pixels))["probabilities"]
+        answer = {"model": route.model, "version": route.primary.version, "predictions": self.predictions(route, probabilities, top_k)}
+        return route.answer(JSONResponse(answer))
 
     @bentoml.api(route="/classify/image")
-    @answers_client_errors("classify_image")
+    @answers_client_errors(DEFAULT_MODEL[IMAGE_CLASSIFICATION])
     async def classify_image(
-        self, image: Path, model: Classifier = "cnn", top_k: Annotated[int, Field(ge=1, le=10)] = 3
+        self,
+        ctx: bentoml.Context,
+        image: Path,
+        model: str = Field(DEFAULT_MODEL[IMAGE_CLASSIFICATION], description="An image-classification model (GET /models)"),
+        top_k: TopK = 3,
     ) -> dict:
-        """Digit classes of one uploaded image (PNG, JPEG, ...; any size, colour or grey, either polarity)."""
-        rows = inputs.image_input(image.read_bytes(), self.models[model].spec.preprocessing)
-        answer = await self._classify_rows(model, rows, top_k)
-        return JSONResponse({**answer, **answer["predictions"][0][0]})
+        """Classes of one uploaded image (PNG, JPEG, ...; any size, colour or grey, either
+        polarity), made like the model's training images by its stored preprocessing."""
+        route = self.route(ctx, model, IMAGE_CLASSIFICATION)
+        pixels = await off_the_loop(route.primary.pixels_of_upload, image.read_bytes())
+        probabilities = (await route.call("classify", pixels))["probabilities"]
+        predictions = self.predictions(route, probabilities, top_k)
+        answer = {"model": route.model, "version": route.primary.version, "predictions": predictions, **predictions[0][0]}
+        return route.answer(JSONResponse(answer))
+
+    # Text classification.
 
     @bentoml.api(route="/sentiment")
-    @answers_client_errors("sentiment", model="sentiment")
-    async def sentiment(self, texts: list[str] = Field(description="Texts to classify (Chinese product reviews)")) -> dict:
-        """Sentiment label and probability per text."""
-        loaded = self.models["sentiment"]
-        probabilities = (await self.batchers["sentiment"](inputs.texts(texts))).tolist()
+    @answers_client_errors(DEFAULT_MODEL[TEXT_CLASSIFICATION])
+    async def sentiment(
+        self,
+        ctx: bentoml.Context,
+        texts: list[Text] = Field(min_length=1, max_length=inputs.MAX_ITEMS, description="Texts to classify (Chinese product reviews)"),
+        model: str = Field(DEFAULT_MODEL[TEXT_CLASSIFICATION], description="A text-classification model (GET /models)"),
+    ) -> dict:
+        """Label and probability per text."""
+        route = self.route(ctx, model, TEXT_CLASSIFICATION)
+        probabilities = (await route.call("classify", inputs.texts(texts)))["probabilities"]
+        labels = route.primary.spec.labels
         results = []
-        for row in probabilities:
-            best = int(np.argmax(row))
-            label = loaded.spec.labels[best]
-            metrics.PREDICTIONS.labels(model="sentiment", version=loaded.version, label=label).inc()
-            results.append({"label": label, "probability": row[best], "probabilities": dict(zip(loaded.spec.labels, row))})
-        return JSONResponse({"model": "sentiment", "version": loaded.version, "results": results})
+        for row, (top,) in zip(probabilities.tolist(), self.predictions(route, probabilities, 1)):
+            results.append({**top, "probabilities": dict(zip(labels, row))})
+        return route.answer(JSONResponse({"model": route.model, "version": route.primary.version, "results": results}))
 
-    async def _generated(self, name: str, decoder: str, latent_size: int, n: int, seed: int | None, output: str):
+    # Image generation.
+
+    async def _generated(self, route: ModelRoute, method: str, n: int, seed: int | None, output: str, label=None):
         if seed is None:
             seed = secrets.randbits(63)
         rng = inputs.generation(n, seed)
-        z = rng.standard_normal((n, latent_size), dtype=np.float32)
-        pictures = await self.batchers[decoder](z)
-        return images.answer(pictures, output, {"model": name, "version": self.models[name].version, "seed": seed})
+        served = route.primary
+        z = rng.standard_normal((n, served.latent.shape[1]), dtype=np.float32)
+        about = {"model": route.model, "version": served.version, "seed": seed}
+        if method == "generate":
+            classes = inputs.class_labels(label, n, served.spec.labels)
+            if classes is not None and not served.conditional:
+                raise ClientError("label", f"{route.model} is not a conditional generator: it takes no label", "not_conditional")
+            if served.conditional and classes is None:
+                classes = rng.integers(0, len(served.spec.labels), n)
+            args = (z, classes)
+        else:
+            args = (z,)
+        pictures = (await route.call(method, *args))["images"]
+        if method == "generate" and served.conditional:
+            about["labels"] = [served.spec.labels[i] for i in args[1]]
+        answer = images.answer(pictures, output, about)
+        return route.answer(answer if isinstance(answer, Response) else JSONResponse(answer))
 
     @bentoml.api(route="/gan/generate")
-    @answers_client_errors("gan_generate", model="gan")
+    @answers_client_errors(DEFAULT_MODEL[IMAGE_GENERATION])
     async def gan_generate(
-        self, n: int = 16, seed: int | None = None, format: OutputFormat = "png"
+        self,
+        ctx: bentoml.Context,
+        n: Count = 16,
+        seed: Seed | None = Field(None, json_schema_extra=NULLABLE, description="Same seed, same images; none: a random one, reported"),
+        format: OutputFormat = "png",
+        label: Any = Field(None, json_schema_extra=LABEL_SCHEMA, description="A class index (e.g. 3), or one per image, for a conditional generator; none: classes drawn at random"),
+        model: str = Field(DEFAULT_MODEL[IMAGE_GENERATION], description="An image-generation model (GET /models)"),
     ) -> dict:
-        """`n` generated digits from `seed` (same seed, same images): a PNG grid, or JSON with
+        """`n` generated images from `seed` (same seed, same images): a PNG grid, or JSON with
         base64 PNGs or arrays. Without a seed, a random one is drawn and reported."""
-        return await self._generated("gan", "gan", GAN_LATENT, n, seed, format)
+        return await self._generated(self.route(ctx, model, IMAGE_GENERATION), "generate", n, seed, format, label)
+
+    # The variational autoencoder.
 
     @bentoml.api(route="/vae/sample")
-    @answers_client_errors("vae_sample", model="vae")
-    async def vae_sample(self, n: int = 16, seed: int | None = None, format: OutputFormat = "png") -> dict:
-        """`n` digits decoded from the VAE's prior, like /gan/generate."""
-        return await self._generated("vae", "vae-decoder", VAE_LATENT, n, seed, format)
+    @answers_client_errors(DEFAULT_MODEL[AUTOENCODER])
+    async def vae_sample(
+        self,
+        ctx: bentoml.Context,
+        n: Count = 16,
+        seed: Seed | None = Field(None, json_schema_extra=NULLABLE, description="Same seed, same images; none: a random one, reported"),
+        format: OutputFormat = "png",
+        model: str = Field(DEFAULT_MODEL[AUTOENCODER], description="A variational-autoencoder model (GET /models)"),
+    ) -> dict:
+        """`n` images decoded from the prior, like /gan/generate."""
+        return await self._generated(self.route(ctx, model, AUTOENCODER), "decode", n, seed, format)
 
     @bentoml.api(route="/vae/reconstruct")
-    @answers_client_errors("vae_reconstruct", model="vae")
-    async def vae_reconstruct(self, image: Path) -> dict:
-        """Encode and decode an uploaded digit. The reconstruction error (mean squared, per
-        pixel) is an anomaly score: `relative_error` compares it with the held-out digits'."""
-        loaded = self.models["vae"]
-        x = inputs.image_input(image.read_bytes(), loaded.spec.preprocessing)
-        mu = (await self.batchers["vae-encoder"](x))[:, :VAE_LATENT]
-        reconstruction = await self.batchers["vae-decoder"](mu)
-        error = float(np.mean((reconstruction - x) ** 2))
-        typical = loaded.metadata["metrics"].get("reconstruction_mse")
-        return JSONResponse({
-            "model": "vae",
-            "version": loaded.version,
+    @answers_client_errors(DEFAULT_MODEL[AUTOENCODER])
+    async def vae_reconstruct(
+        self,
+        ctx: bentoml.Context,
+        image: Path,
+        model: str = Field(DEFAULT_MODEL[AUTOENCODER], description="A variational-autoencoder model (GET /models)"),
+    ) -> dict:
+        """Encode and decode an uploaded image. The reconstruction error (mean squared, per
+        pixel) is an anomaly score: `relative_error` compares it with the held-out images'."""
+        route = self.route(ctx, model, AUTOENCODER)
+        x = await off_the_loop(inputs.image_input, image.read_bytes(), route.primary.spec.preprocessing)
+        outputs = await route.call("reconstruct", x)
+        error = float(np.mean((outputs["reconstruction"] - x) ** 2))
+        typical = route.primary.loaded.metadata["metrics"].get("reconstruction_mse")
+        return route.answer(JSONResponse({
+            "model": route.model,
+            "version": route.primary.version,
             "reconstruction_error": error,
             "relative_error": error / typical if typical else None,
-            "latent": mu[0].tolist(),
-            "png": images.base64_png(images.strip(np.concatenate([x, reconstruction]))),
-        })
+            "latent": outputs["latent"][0].tolist(),
+            "png": images.base64_png(images.strip(np.concatenate([x, outputs["reconstruction"]]))),
+        }))
 
     @bentoml.api(route="/vae/interpolate")
-    @answers_client_errors("vae_interpolate", model="vae")
+    @answers_client_errors(DEFAULT_MODEL[AUTOENCODER])
     async def vae_interpolate(
-        self, seed_a: int = 0, seed_b: int = 1, steps: Annotated[int, Field(ge=2, le=32)] = 8
+        self,
+        ctx: bentoml.Context,
+        seed_a: Seed = 0,
+        seed_b: Seed = 1,
+        steps: Steps = 8,
+        model: str = Field(DEFAULT_MODEL[AUTOENCODER], description="A variational-autoencoder model (GET /models)"),
     ) -> Image.Image:
         """A PNG strip decoded along the straight line between the latents of two seeds."""
-        za = inputs.generation(1, seed_a, "seed_a").standard_normal((1, VAE_LATENT), dtype=np.float32)
-        zb = inputs.generation(1, seed_b, "seed_b").standard_normal((1, VAE_LATENT), dtype=np.float32)
-        return await self._interpolate(za, zb, steps)
+        route = self.route(ctx, model, AUTOENCODER)
+        size = route.primary.latent.shape[1]
+        za = inputs.generation(1, seed_a, "seed_a").standard_normal((1, size), dtype=np.float32)
+        zb = inputs.generation(1, seed_b, "seed_b").standard_normal((1, size), dtype=np.float32)
+        pictures = (await route.call("interpolate", za, zb, steps))["images"]
+        return route.answer(Response(images.png(images.strip(pictures)), media_type="image/png"))
 
     @bentoml.api(route="/vae/interpolate/images")
-    @answers_client_errors("vae_interpolate_images", model="vae")
+    @answers_client_errors(DEFAULT_MODEL[AUTOENCODER])
     async def vae_interpolate_images(
-        self, image_a: Path, image_b: Path, steps: Annotated[int, Field(ge=2, le=32)] = 8
+        self,
+        ctx: bentoml.Context,
+        image_a: Path,
+        image_b: Path,
+        steps: Steps = 8,
+        model: str = Field(DEFAULT_MODEL[AUTOENCODER], description="A variational-autoencoder model (GET /models)"),
     ) -> Image.Image:
-        """A PNG strip from one uploaded digit to another, through the VAE's latent space."""
-        pre = self.models["vae"].spec.preprocessing
-        both = np.concatenate([inputs.image_input(image_a.read_bytes(), pre, "image_a"), inputs.image_input(image_b.read_bytes(), pre, "image_b")])
-        mu = (await self.batchers["vae-encoder"](both))[:, :VAE_LATENT]
-        return await self._interpolate(mu[:1], mu[1:], steps)
-
-    async def _interpolate(self, za: np.ndarray, zb: np.ndarray, steps: int) -> Response:
-        t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
-        pictures = await self.batchers["vae-decoder"]((1 - t) * za + t * zb)
-        return Response(images.png(images.strip(pictures)), media_type="image/png")
+        """A PNG strip from one uploaded image to another, through the VAE's latent space."""
+        route = self.route(ctx, model, AUTOENCODER)
+        pre = route.primary.spec.preprocessing
+        both = np.concatenate([
+            await off_the_loop(inputs.image_input, image_a.read_bytes(), pre, "image_a"),
+            await off_the_loop(inputs.image_input, image_b.read_bytes(), pre, "image_b"),
+        ])
+        pictures = (await route.call("interpolate_images", both, steps))["images"]
+        return route.answer(Response(images.png(images.strip(pictures)), media_type="image/png"))
 
 
 ModelServe.add_asgi_middleware(guard.Guard)
+patches.forbid_unknown_fields(ModelServe)
+patches.document_answers(ModelServe, {"/gan/generate": ("image/png",), "/vae/sample": ("image/png",)}, openapi.PATHS)

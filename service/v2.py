@@ -1,13 +1,18 @@
-"""Open Inference Protocol (KServe V2, Triton HTTP/REST) for every tensor endpoint.
+"""Open Inference Protocol (KServe V2, Triton HTTP/REST) for every tensor view of the registry.
 
-Each V2 model is one `/infer/*` batcher of the service, so V2 requests join the same
-batches and metrics as the native endpoints. JSON tensors and the binary tensor data
-extension are both understood; errors answer `{"error": message}` as the protocol says.
+Each V2 model is a tensor view of a served model (service/tasks.py): the model itself, or
+`model-encoder` / `model-decoder` for a model of several graphs. Requests go through the
+registry's routing (versions pinned by the path or `X-Model-Version`, canary, shadow) and the
+same batchers, checks and metrics as the native endpoints. JSON tensors and the binary tensor
+data extension are both understood; errors answer `{"error": message}` as the protocol says.
+Triton's statistics (`/stats`) and model configuration (`/config`) extensions are answered
+here; its repository extension, an admin route, in service/admin.py.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 import bentoml
@@ -17,21 +22,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from modelspec import TensorSpec
-from service import inputs as limits
-from service import metrics
+from service import metrics, stats
 from service.errors import ClientError
+from service.tasks import BATCH_WAIT_MS
 
 SERVER_NAME = "modelserve"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ["binary_tensor_data"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 DATATYPE_OF = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32", "uint8": "UINT8", "bool": "BOOL", "bytes": "BYTES"}
 NUMPY_OF = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32, "UINT8": np.uint8, "BOOL": np.bool_}
 
-# The text endpoint takes strings and answers probabilities: tokenising stays in the server.
-TEXT_INPUT = TensorSpec("text", "bytes", (-1,), "text")
-TEXT_OUTPUT = TensorSpec("probabilities", "float32", (-1, 2), "probabilities")
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository", "model_configuration"]
+TRITON_TYPE = {"float32": "TYPE_FP32", "float64": "TYPE_FP64", "int64": "TYPE_INT64", "int32": "TYPE_INT32", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL", "bytes": "TYPE_STRING"}
 
 
 class V2Error(Exception):
@@ -44,28 +47,28 @@ def error(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def signature(service, name: str) -> tuple[str, tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """(stored model, inputs, outputs) of V2 model `name`, i.e. of batcher `name`."""
-    if name not in service.batchers:
-        raise V2Error(f"no model {name!r}; GET /v2/models/<name> for one of {sorted(service.batchers)}", 404, "unknown_model")
-    model, filename = service.graph_of[name]
-    if filename is None:
-        return model, (TEXT_INPUT,), (TEXT_OUTPUT,)
-    graph = service.graph(model, filename)
-    return model, graph.inputs, graph.outputs
+def routed(request: Request):
+    """(registry, route, view) of the request's V2 model; a version in the path pins it."""
+    registry = bentoml.get_current_service().registry
+    headers = dict(request.headers)
+    if request.path_params.get("version"):
+        headers["x-model-version"] = request.path_params["version"]
+    route, view = registry.view(request.path_params["name"], headers)
+    return registry, route, view
 
 
 def describe_tensor(t: TensorSpec) -> dict:
     return {"name": t.name, "datatype": DATATYPE_OF[t.dtype], "shape": list(t.shape)}
 
 
-def checked_version(service, name: str, request: Request) -> str:
-    model, _, _ = signature(service, name)
-    version = service.models[model].version
-    asked = request.path_params.get("version")
-    if asked not in (None, "", version):
-        raise V2Error(f"model {name!r} has version {version!r}, not {asked!r}", 404, "unknown_version")
-    return version
+def v2_errors(handler):
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except (ClientError, V2Error) as e:
+            return error(str(e), e.status)
+
+    return endpoint
 
 
 async def server_metadata(request: Request) -> JSONResponse:
@@ -81,31 +84,60 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
+@v2_errors
 async def model_metadata(request: Request) -> JSONResponse:
-    service, name = bentoml.get_current_service(), request.path_params["name"]
-    try:
-        version = checked_version(service, name, request)
-    except V2Error as e:
-        return error(str(e), e.status)
-    _, ins, outs = signature(service, name)
+    registry, route, view = routed(request)
     return JSONResponse(
         {
-            "name": name,
-            "versions": [version],
+            "name": view.name,
+            "versions": list(registry.entries[route.model].versions),
             "platform": "onnxruntime_onnx",
-            "inputs": [describe_tensor(t) for t in ins],
-            "outputs": [describe_tensor(t) for t in outs],
+            "inputs": [describe_tensor(t) for t in view.inputs],
+            "outputs": [describe_tensor(t) for t in view.outputs],
         }
     )
 
 
+@v2_errors
 async def model_ready(request: Request) -> JSONResponse:
-    service, name = bentoml.get_current_service(), request.path_params["name"]
-    try:
-        checked_version(service, name, request)
-    except V2Error as e:
-        return error(str(e), e.status)
-    return JSONResponse({"name": name, "ready": True})
+    _, _, view = routed(request)
+    return JSONResponse({"name": view.name, "ready": True})
+
+
+@v2_errors
+async def model_stats(request: Request) -> JSONResponse:
+    """Triton's statistics extension: per loaded version, summed over the workers."""
+    registry, route, view = routed(request)
+    figures = stats.collect()
+    pinned = request.path_params.get("version")
+    versions = [pinned] if pinned else list(registry.entries[route.model].versions)
+    return JSONResponse({"model_stats": [stats.triton(view.name, v, figures.get((route.model, v), {})) for v in versions]})
+
+
+def triton_tensor(t: TensorSpec, batched: bool) -> dict:
+    dims = list(t.shape[1:]) if batched else list(t.shape)
+    return {"name": t.name, "data_type": TRITON_TYPE[t.dtype], "dims": dims or [1]}
+
+
+@v2_errors
+async def model_config(request: Request) -> JSONResponse:
+    """Triton's model configuration: inputs, outputs, batching (dims leave out the batch axis)."""
+    _, route, view = routed(request)
+    max_batch = route.primary.max_batch
+    batched = max_batch > 1
+    config = {
+        "name": view.name,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "version_policy": {"specific": {"versions": [route.primary.version]}},
+        "max_batch_size": max_batch if batched else 0,
+        "input": [triton_tensor(t, batched) for t in view.inputs],
+        "output": [triton_tensor(t, batched) for t in view.outputs],
+        "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+    }
+    if batched:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": int(BATCH_WAIT_MS * 1000), "preferred_batch_size": []}
+    return JSONResponse(config)
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
@@ -157,8 +189,8 @@ def read_input(tensor: dict, expected: TensorSpec, binary: bytes, offset: int) -
         raise V2Error(f"input {name!r}: shape {shape} does not match {list(expected.shape)} (-1: any)")
     if shape[0] == 0:
         raise V2Error(f"input {name!r}: the batch is empty")
-    count = int(np.prod(shape))
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    count = math.prod(shape)
+    size = parameters(tensor, f"input {name!r}").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
             raise V2Error(f"input {name!r}: binary_data_size {size!r} is outside the binary data")
@@ -175,7 +207,7 @@ def read_input(tensor: dict, expected: TensorSpec, binary: bytes, offset: int) -
         if datatype != "BYTES":
             try:
                 data = np.asarray(data, dtype=NUMPY_OF[datatype])
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, OverflowError):
                 raise V2Error(f"input {name!r}: data is not a list of {datatype} numbers") from None
             if data.size != count:
                 raise V2Error(f"input {name!r}: {data.size} values, shape {shape} needs {count}")
@@ -197,27 +229,34 @@ def read_input(tensor: dict, expected: TensorSpec, binary: bytes, offset: int) -
     return data, offset
 
 
+def parameters(part: dict, where: str) -> dict:
+    found = part.get("parameters") or {}
+    if not isinstance(found, dict):
+        raise V2Error(f"{where}: `parameters` must be an object")
+    return found
+
+
 def wants_binary(request: dict, output_name: str) -> bool:
     for asked in request.get("outputs") or []:
         if isinstance(asked, dict) and asked.get("name") == output_name:
-            return bool((asked.get("parameters") or {}).get("binary_data", False))
-    return bool((request.get("parameters") or {}).get("binary_data_output", False))
+            return bool(parameters(asked, f"output {output_name!r}").get("binary_data", False))
+    return bool(parameters(request, "the request").get("binary_data_output", False))
 
 
-def encode_outputs(request: dict, outputs: tuple[TensorSpec, ...], result: np.ndarray) -> tuple[list[dict], bytes]:
-    """Split the batcher's answer into the named outputs (side by side along axis 1 when a
-    graph has several) and encode each as JSON data or binary data."""
-    asked = [o.get("name") for o in request.get("outputs") or [] if isinstance(o, dict)]
+def encode_outputs(request: dict, outputs: tuple[TensorSpec, ...], result: dict[str, np.ndarray]) -> tuple[list[dict], bytes]:
+    """Each named output (all, or those the request asks for) as JSON data or binary data."""
+    asked_for = request.get("outputs")
+    if asked_for is not None and not isinstance(asked_for, list):
+        raise V2Error("`outputs` must be a list of {\"name\": ...} objects")
+    asked = [o.get("name") for o in asked_for or [] if isinstance(o, dict)]
     unknown = [a for a in asked if a not in {o.name for o in outputs}]
     if unknown:
         raise V2Error(f"unknown outputs {unknown}; this model has {[o.name for o in outputs]}")
-    widths = [o.shape[1] for o in outputs]
-    parts = np.split(result, np.cumsum(widths)[:-1], axis=1) if len(outputs) > 1 else [result]
     encoded, binary = [], b""
-    for spec, array in zip(outputs, parts):
+    for spec in outputs:
         if asked and spec.name not in asked:
             continue
-        array = np.ascontiguousarray(array, dtype=NUMPY_OF[DATATYPE_OF[spec.dtype]])
+        array = np.ascontiguousarray(result[spec.name], dtype=NUMPY_OF[DATATYPE_OF[spec.dtype]])
         entry = {"name": spec.name, "datatype": DATATYPE_OF[spec.dtype], "shape": list(array.shape)}
         if wants_binary(request, spec.name):
             raw = array.tobytes()
@@ -229,41 +268,33 @@ def encode_outputs(request: dict, outputs: tuple[TensorSpec, ...], result: np.nd
     return encoded, binary
 
 
+@v2_errors
 async def infer(request: Request) -> Response:
-    service, name = bentoml.get_current_service(), request.path_params["name"]
+    registry, route, view = routed(request)
+    body, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+    tensors = [t for t in body["inputs"] if isinstance(t, dict)]
+    names = [t.get("name") for t in tensors]
+    expected = [t.name for t in view.inputs]
+    if len(tensors) != len(body["inputs"]) or sorted(map(str, names)) != sorted(expected) or len(set(map(str, names))) != len(names):
+        raise V2Error(f"model {view.name!r} takes inputs {expected}, got {names}")
+    offset, values = 0, {}
+    for tensor in tensors:
+        spec = next(s for s in view.inputs if s.name == tensor["name"])
+        values[spec.name], offset = read_input(tensor, spec, binary, offset)
     try:
-        version = checked_version(service, name, request)
-        model, inputs, outputs = signature(service, name)
-        body, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
-        by_name = {t.get("name"): t for t in body["inputs"] if isinstance(t, dict)}
-        if set(by_name) != {t.name for t in inputs} or len(body["inputs"]) != len(inputs):
-            raise V2Error(f"model {name!r} takes inputs {[t.name for t in inputs]}, got {list(by_name)}")
-        offset, arrays = 0, []
-        for t in body["inputs"]:
-            spec = next(s for s in inputs if s.name == t["name"])
-            data, offset = read_input(t, spec, binary, offset)
-            arrays.append(data)
-        rows = arrays[0]
-        if len(rows) > limits.MAX_ITEMS:
-            raise V2Error(f"{len(rows)} rows is more than the limit of {limits.MAX_ITEMS} per request", reason="too_many_items")
-        if isinstance(rows, list):
-            rows = limits.texts(rows)
-        result = await service.batchers[name](rows)
-        encoded, out_binary = encode_outputs(body, outputs, result)
+        feeds = route.primary.read_inputs(view, values, field_prefix="input ")
     except ClientError as e:
-        return error(str(e), e.status)
-    except V2Error as e:
-        loaded = service.models.get(service.graph_of.get(name, (None,))[0])
-        if loaded is not None:
-            metrics.REJECTED.labels(endpoint="v2_infer", model=loaded.name, version=loaded.version, reason=e.reason).inc()
-        return error(str(e), e.status)
-    answer = {"model_name": name, "model_version": version, "outputs": encoded}
+        metrics.REJECTED.labels(endpoint="v2_infer", model=route.model, version=route.primary.version, reason=e.reason).inc()
+        raise
+    result = await route.call("infer", view.name, feeds)
+    encoded, out_binary = encode_outputs(body, view.outputs, result)
+    answer = {"model_name": view.name, "model_version": route.primary.version, "outputs": encoded}
     if "id" in body:
         answer["id"] = body["id"]
     header = json.dumps(answer, separators=(",", ":")).encode()
     if not out_binary:
-        return Response(header, media_type="application/json")
-    return Response(header + out_binary, media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(header))})
+        return route.answer(Response(header, media_type="application/json"))
+    return route.answer(Response(header + out_binary, media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(header))}))
 
 
 routes = [
@@ -276,4 +307,8 @@ routes = [
     Route("/v2/models/{name}/versions/{version}/ready", model_ready),
     Route("/v2/models/{name}/infer", infer, methods=["POST"]),
     Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+    Route("/v2/models/{name}/stats", model_stats),
+    Route("/v2/models/{name}/versions/{version}/stats", model_stats),
+    Route("/v2/models/{name}/config", model_config),
+    Route("/v2/models/{name}/versions/{version}/config", model_config),
 ]

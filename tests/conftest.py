@@ -50,3 +50,27 @@ def smoke_store():
 def server(smoke_store):
     with running({"MODELSERVE_WORKERS": "2"}, log_dir=_scratch) as url:
         yield url
+
+
+LIVE_ADMIN_KEY = "admin-secret-1"
+LIVE_ENV = {"MODELSERVE_WORKERS": "2", "MODELSERVE_ADMIN_KEYS": LIVE_ADMIN_KEY}
+
+
+@pytest.fixture(scope="session")
+def versions(smoke_store, server):
+    """(v1, v2): the smoke store's cnn and a second one, trained with another seed (after the
+    session server started: it keeps serving the first)."""
+    import bentoml
+
+    from export import pipeline
+    from export.recipe import TrainOptions
+
+    second = pipeline.run("cnn", TrainOptions(profile="smoke", progress=False, seed=1), spec_override=any_quality("cnn"))
+    return bentoml.models.get(smoke_store["cnn"].tag).tag.version, bentoml.models.get(second.tag).tag.version
+
+
+@pytest.fixture(scope="session")
+def live(versions):
+    """A 2-worker server with the admin API on (no client keys), for live updates."""
+    with running(LIVE_ENV, log_dir=_scratch) as url:
+        yield url

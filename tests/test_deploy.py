@@ -56,6 +56,14 @@ def bento(smoke_store, tmp_path_factory) -> str:
     return str(unpacked)
 
 
+def test_bentofile_ships_every_model_of_modelspec():
+    from modelspec import EXPORT_ORDER
+
+    with open(os.path.join(ROOT, "bentofile.yaml"), encoding="utf-8") as f:
+        models = yaml.safe_load(f)["models"]
+    assert models == [f"{name}:latest" for name in EXPORT_ORDER]
+
+
 def test_bento_has_the_service_code_and_nothing_from_training(bento):
     with open(os.path.join(bento, "bento.yaml")) as f:
         assert yaml.safe_load(f)["service"] == "service.service:ModelServe"

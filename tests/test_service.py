@@ -86,17 +86,23 @@ def test_models_lists_every_loaded_model_with_its_version_and_checksums(server, 
     answer = requests.get(f"{server}/models", timeout=TIMEOUT)
     assert answer.status_code == 200
     models = {m["name"]: m for m in answer.json()["models"]}
-    assert list(models) == EXPORT_ORDER
+    assert sorted(models) == sorted(EXPORT_ORDER)
     for name, result in smoke_store.items():
         stored = bentoml.models.get(result.tag)
         assert models[name]["version"] == stored.tag.version
+        assert models[name]["task"] == stored.info.metadata["spec"]["task"]
         assert models[name]["onnx_files"] == stored.info.metadata["onnx_files"]
         assert models[name]["metrics"] == stored.info.metadata["metrics"]
         assert models[name]["graphs"] == stored.info.metadata["spec"]["graphs"]
+        (loaded,) = models[name]["versions"]
+        assert (loaded["version"], loaded["role"], loaded["traffic_share"]) == (stored.tag.version, "default", 1.0)
+        assert loaded["sha256"] == {f: info["sha256"] for f, info in stored.info.metadata["onnx_files"].items()}
     one = requests.get(f"{server}/models/sentiment", timeout=TIMEOUT)
     assert one.status_code == 200 and one.json()["labels"] == ["negative", "positive"]
     missing = requests.get(f"{server}/models/nope", timeout=TIMEOUT)
     assert missing.status_code == 404 and missing.json()["error"] == "unknown_model"
+    unknown = post(server, "/classify", json={"images": [ZERO_IMAGE], "model": "nope"})
+    assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_model"
 
 
 @pytest.mark.parametrize("model", ["cnn", "resnet", "resnet-int8"])
@@ -118,10 +124,11 @@ def test_classify_arrays_equals_in_process_onnxruntime(server, local, model):
 
 def test_tensor_endpoint_returns_the_exact_logits(server, local):
     rows = local["cnn"].eval_rows(3)
-    answer = post(server, "/infer/cnn", json={"images": rows.tolist()})
+    answer = post(server, "/infer/cnn", json={"image": rows.tolist()})
     assert answer.status_code == 200, answer.text
+    assert answer.json()["version"] == answer.headers["x-model-version"] == local["cnn"].model.tag.version
     (logits,) = local["cnn"].run("model.onnx", {"image": rows})
-    np.testing.assert_allclose(np.array(answer.json(), dtype=np.float32), logits, atol=1e-6)
+    np.testing.assert_allclose(np.array(answer.json()["outputs"]["logits"], dtype=np.float32), logits, atol=1e-6)
 
 
 @pytest.mark.parametrize("dark_on_light,mode", [(True, "L"), (False, "L"), (True, "RGB"), (True, "RGBA")])
@@ -170,6 +177,14 @@ def test_gan_same_seed_same_bytes(server, local):
         assert image.size == (28, 28)
 
 
+def test_same_seed_same_bytes_when_batched_with_other_requests(server):
+    bodies = [{"n": 3, "seed": 99} if i % 2 == 0 else {"n": 1 + i % 4, "seed": i} for i in range(24)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(lambda body: post(server, "/gan/generate", json=body), bodies))
+    assert all(a.status_code == 200 for a in answers)
+    assert len({a.content for a, body in zip(answers, bodies) if body["seed"] == 99}) == 1
+
+
 def test_generation_without_seed_reports_the_seed_it_drew(server):
     answer = post(server, "/vae/sample", json={"n": 3, "format": "array"})
     assert answer.status_code == 200
@@ -212,13 +227,14 @@ ZERO_IMAGE = [[0.0] * 28] * 28
 
 CLIENT_MISTAKES = [
     ("/classify", {"data": b'{"images": [[1, 2', "headers": {"content-type": "application/json"}}, None),
-    ("/classify", {"json": {"images": [[1, 2]]}}, "bad_shape"),
-    ("/classify", {"json": {"images": []}}, "bad_shape"),
+    ("/classify", {"json": {"images": [[1, 2]]}}, "invalid_input"),
+    ("/classify", {"json": {"images": [[[1, 2]]]}}, "bad_shape"),
+    ("/classify", {"json": {"images": []}}, "empty"),
     ("/classify", {"json": {"images": [ZERO_IMAGE] * 65}}, "too_many_items"),
     ("/classify", {"data": '{"images": [%s]}' % str(NAN_IMAGE).replace("nan", "NaN"), "headers": {"content-type": "application/json"}}, "not_finite"),
     ("/classify", {"json": {"images": [[[255.0] * 28] * 28]}}, "out_of_range"),
     ("/classify", {"json": {"images": [[["a"] * 28] * 28]}}, "bad_array"),
-    ("/classify", {"json": {"images": [ZERO_IMAGE], "model": "nope"}}, None),
+    ("/classify", {"json": {"images": [ZERO_IMAGE], "model": "sentiment"}}, "wrong_task"),
     ("/classify", {"json": {"images": [ZERO_IMAGE], "top_k": 0}}, None),
     ("/classify/image", {"files": {"image": ("x.png", b"not an image at all", "image/png")}}, "not_an_image"),
     ("/classify/image", {"files": {"image": ("x.png", b"", "image/png")}}, "empty_upload"),
@@ -235,7 +251,10 @@ CLIENT_MISTAKES = [
     ("/gan/generate", {"json": {"seed": 2**64}}, "seed_out_of_range"),
     ("/gan/generate", {"json": {"format": "gif"}}, None),
     ("/vae/interpolate", {"json": {"steps": 1}}, None),
-    ("/infer/gan", {"json": {"z": [[1.0, 2.0]]}}, None),
+    ("/infer/gan", {"json": {"z": [[1.0, 2.0]]}}, "bad_shape"),
+    ("/infer/gan", {"json": {"z": [[1e6] * 100]}}, "out_of_range"),
+    ("/infer/gan", {"json": {"latent": [[0.0] * 100]}}, "unknown_field"),
+    ("/infer/cnn", {"json": [ZERO_IMAGE]}, "invalid_input"),
 ]
 
 

@@ -32,6 +32,8 @@ from load_tests.bench.inputs import ENDPOINTS, Store, make_payloads
 from load_tests.bench.plots import plot
 from load_tests.bench.report import write_report
 from load_tests.bench.targets import compute_targets
+from load_tests.bench.uploads import run_uploads
+from load_tests.bench.versions import run_versions
 
 
 def estimate_seconds(profile: Profile) -> float:
@@ -57,7 +59,7 @@ def run_http(store, payloads, profile, args, log) -> dict:
 # The measurement sections, in order: (key in bench.json, run(store, payloads, profile, args,
 # log) -> that key's figures). A new measurement (shadow on/off latency, a second version's
 # RSS, ...) is one more entry here, its report lines in report.py and its targets in targets.py.
-SECTIONS = [("in_process", run_in_process), ("http", run_http)]
+SECTIONS = [("in_process", run_in_process), ("http", run_http), ("versions", run_versions), ("uploads", run_uploads)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,6 +91,8 @@ def write_report(path: str, data: dict, targets: list[Target], plots: dict[str, 
 
     lines += http_sections(data, plots)
     lines += profile_section(data["http"].get("profile"))
+    lines += versions_section(data.get("versions") or {})
+    lines += uploads_section(data.get("uploads") or {})
     lines += [
         "## Method",
         "",
@@ -249,4 +251,61 @@ def client_check(points: list[dict], levels) -> list[str]:
                 f"busiest model endpoint ({best['endpoint']}, {best['rps_ok']:.0f} req/s): the ceiling is the server's "
                 "HTTP path itself, not the models and not wrk (whose CPU is above)."
             )
+    return lines
+
+
+def versions_section(versions: dict) -> list[str]:
+    """Shadow on against off, and the memory of a second loaded version (load_tests/bench/versions.py)."""
+    if not versions:
+        return []
+    lines = ["## 6. Two versions side by side", ""]
+    if "error" in versions:
+        return lines + [f"Not measured: {versions['error']}", ""]
+    lines += [
+        "One worker on a private copy of the store, where every model has a second version (a copy of "
+        "its latest). `/classify` with the default alone, and with the copy as a shadow (every request "
+        "runs again on it after its answer is sent), in interleaved rounds switched by the admin API:",
+        "",
+    ]
+    rows = []
+    summary = versions["shadow"]["summary"]
+    for c in sorted({s["concurrency"] for s in summary}):
+        off = next(s for s in summary if s["concurrency"] == c and not s["shadow"])
+        on = next(s for s in summary if s["concurrency"] == c and s["shadow"])
+        rows.append([f"c={c}", f"{off['rps_ok']:,.0f} / {on['rps_ok']:,.0f}", f"{on['rps_ok'] / off['rps_ok']:.2f}x" if off["rps_ok"] else "n/a",
+                     f"{off['p50_ms']:.2f} / {on['p50_ms']:.2f}", f"{off['p99_ms']:.2f} / {on['p99_ms']:.2f}", str(off["non2xx"] + on["non2xx"])])
+    lines += [markdown_table(["/classify", "req/s off / on", "on / off", "p50 ms off / on", "p99 ms off / on", "failed"], rows), ""]
+    memory = versions["second_version_rss"]
+    rows = [[r["model"], f"{r['added_mib']:+.1f}", f"{r['rss_after_mib']:.0f}"] for r in memory["rows"]]
+    lines += [
+        f"Memory (RSS of the server's process tree, {memory['baseline_mib']:.0f} MiB with one version of each model), "
+        "as each model's second version is loaded:",
+        "",
+        markdown_table(["model", "added MiB", "server MiB after"], rows),
+        "",
+        f"All second versions together: {memory['all_models_added_mib']:+.1f} MiB.",
+        "",
+    ]
+    return lines
+
+
+def uploads_section(uploads: dict) -> list[str]:
+    """/classify beside large uploads, decoded in a pool or on the event loop (load_tests/bench/uploads.py)."""
+    if not uploads:
+        return []
+    lines = ["## 7. Large uploads beside small requests", ""]
+    if "error" in uploads:
+        return lines + [f"Not measured: {uploads['error']}", ""]
+    rows = []
+    for label in dict.fromkeys(p["server"] for p in uploads["points"]):
+        mine = [p for p in uploads["points"] if p["server"] == label]
+        rows.append([label, f"{sum(p['rps_ok'] for p in mine) / len(mine):,.0f}", f"{sum(p['p50_ms'] for p in mine) / len(mine):.2f}",
+                     f"{sum(p['p99_ms'] for p in mine) / len(mine):.2f}", f"{sum(p['uploads_ok'] for p in mine)}/{sum(p['uploads'] for p in mine)}"])
+    lines += [
+        f"`/classify` (one digit, JSON) at c={uploads['concurrency']} while another client sends {uploads['side']}x{uploads['side']} PNG "
+        f"uploads ({uploads['upload_bytes'] / 2**20:.1f} MiB) to `/classify/image` one after another; two servers, interleaved rounds:",
+        "",
+        markdown_table(["uploads decoded", "/classify req/s", "p50 ms", "p99 ms", "uploads answered 200"], rows),
+        "",
+    ]
     return lines
