@@ -80,7 +80,8 @@ slo: setup
 	$(PY) -m load_tests.slo $(LOADTEST_DIR)/locust_stats.csv
 
 # Benchmark on the stored models: reports/bench.md, bench.json and PNG plots, about 10 minutes
-# (`make bench BENCH_ARGS=--quick` for a short run). The load generator is wrk, from apt.
+# (`make bench BENCH_ARGS=--quick` for a short run); exit status 1 when a target is missed. The
+# load generator is wrk, from apt.
 BENCH_ARGS ?=
 
 bench: setup bench-deps
@@ -95,7 +96,7 @@ bench-deps: $(VENV)/.bench-installed
 # Each peer is installed into a venv of its own under .peers/ (their pins conflict with one
 # another and with the service's); TorchServe needs Java, from apt. A peer that cannot be set up
 # is reported with the reason and the rest go on. Exit status 1 when a goal is missed.
-PEERS_ARGS ?=
+PEERS_ARGS ?= --rounds 3
 
 bench-peers: setup bench-deps
 	-@command -v java >/dev/null 2>&1 || $(SUDO) apt-get install -y openjdk-17-jre-headless || { $(SUDO) apt-get update && $(SUDO) apt-get install -y openjdk-17-jre-headless; }

@@ -190,3 +190,42 @@ def test_summarize_profile_splits_threads_and_counts_innermost_frames():
 def test_profile_section_says_why_there_is_no_profile():
     assert profiling.profile_section(None) == []
     assert "py-spy not installed" in "\n".join(profiling.profile_section({"missing": "py-spy not installed"}))
+
+
+def test_peer_report_keeps_failures_and_takes_medians_over_rounds(tmp_path):
+    from load_tests.bench import peers_report
+    from load_tests.bench.peers import labels_in
+
+    def p(server, what, c, rps, p50, round_=0):
+        return {"server": server, "what": what, "concurrency": c, "round": round_, "rows_per_request": 64 if what == "v2_binary" else 1,
+                "rps_ok": rps, "p50_ms": p50, "p99_ms": 2 * p50, "non2xx": 0, "socket_errors": 0, "server_cores": 1.0,
+                "client_cores": 0.1, "idle_servers_cores": 0.0, "server_rss_mib": 300.0}
+
+    data = {
+        "command": "x", "date": "today", "duration_s": 1, "warmup_s": 1, "rounds": 3, "loadavg_start": [1.0, 1.0, 1.0], "loadavg_end": [1.0, 1.0, 1.0],
+        "model": {"name": "cnn", "version": "v"}, "triton": "Triton: not installable",
+        "servers": {"ours": {"kind": "modelserve", "settings": "defaults", "python": True},
+                    "peer": {"kind": "litserve", "settings": "s", "python": True},
+                    "java": {"kind": "torchserve", "settings": "s", "python": False, "failed": "not set up: no java"}},
+        "points": [p("ours", "classify", 32, r, 1.0, i) for i, r in enumerate((900, 1000, 5000))]
+        + [p("peer", "classify", 32, 400, 2.0), p("ours", "classify", 1, 100, 1.0), p("peer", "classify", 1, 50, 4.0),
+           p("ours", "noop", 32, 2000, 1.0), p("ours", "v2_binary", 4, 100, 50.0),
+           {"server": "peer", "what": "classify", "concurrency": 32, "round": 1, "rows_per_request": 1, "failed": "wrk failed (1): boom"}],
+        "inprocess_batch": [{"rows": 64, "median_ms": 10.0, "p10_ms": 9.0, "p90_ms": 11.0, "rows_per_s": 8000.0}],
+    }
+    assert peers_report.point(data, "ours", "classify", 32)["rps_ok"] == 1000  # the median of three rounds
+    targets = {t.name: t for t in peers_report.targets(data)}
+    assert targets["ours c=32 req/s / peer's"].measured == 2.5 and targets["ours c=32 req/s / peer's"].passed
+    assert targets["ours c=1 p50 / peer's"].measured == 0.25 and targets["ours c=1 p50 / peer's"].passed
+    java = targets["ours c=32 req/s / java's"]
+    assert (java.op, java.limit, java.passed) == (">", 1.0, None) and "no java" in java.verdict()
+    assert targets["V2 binary 64-row rows/s / in-process ORT batch 64"].measured == 0.8
+    assert targets["/classify c=32 req/s / /noop c=32 (same server)"].measured == 0.5
+    assert targets["/classify c=32 req/s / /noop c=32 (same server)"].passed is False
+    peers_report.write(data, str(tmp_path), "peers")
+    report = (tmp_path / "peers.md").read_text()
+    assert "wrk failed (1): boom" in report and "not set up: no java" in report and "Triton: not installable" in report
+    assert "MISS by 0.20x" in report
+
+    assert labels_in({"model": "cnn", "predictions": [[{"label": "7", "probability": 0.9}, {"label": "1", "probability": 0.1}]]}) == ["7", "1"]
+    assert labels_in({"outputs": [{"name": "labels", "data": ['[{"label": "3", "probability": 1.0}]']}]}) == ["3"]

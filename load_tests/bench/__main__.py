@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(targets_text(targets))
     print(f"\n{report} ({data['seconds']:.0f} s)")
-    return 0
+    return 1 if any(t.passed is False for t in targets) else 0  # a missed target cannot pass unseen
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ PEERS = [
     Peer("litserve", "LitServe", ("litserve==0.2.19",), "/predict",
          "`LitAPI(max_batch_size=64, batch_timeout=0.001)`, `LitServer(accelerator='cpu', workers_per_device=1)`"),
     Peer("ray", "Ray Serve", ("ray[serve]==2.60.0",), "/classify",
-         "1 deployment, 1 replica (`num_cpus=1`), `@serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)`, local Ray of 2 CPUs, no dashboard"),
+         "1 deployment, 1 replica (`num_cpus=1`, `max_ongoing_requests=64`: Ray warns that its default of 5 keeps batches from filling), "
+         "`@serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)`, local Ray of 2 CPUs, no dashboard"),
     Peer("torchserve", "TorchServe", ("torchserve==0.12.0", "torch-model-archiver==0.12.0", "pyyaml", "torch==2.13.0"), "/predictions/cnn",
          "Java 17 front end, 1 Python worker running ORT (`handle(data, context)`), batchSize 64, maxBatchDelay 1 ms, token authorization off; "
          "its worker imports torch (ts/protocol/otf_message_handler.py), so torch 2.13.0 CPU is in its venv",

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 
 from load_tests.bench.common import Target, machine, markdown_table, ms, ratio, targets_table
 
 
 def point(data: dict, server: str, what: str, c: int) -> dict | None:
-    for p in data["points"]:
-        if p["server"] == server and p["what"] == what and p["concurrency"] == c and "failed" not in p:
-            return p
-    return None
+    """A server's figures at one point: with several rounds, the median of each figure."""
+    found = [p for p in data["points"] if p["server"] == server and p["what"] == what and p["concurrency"] == c and "failed" not in p]
+    if len(found) <= 1:
+        return found[0] if found else None
+    number = (int, float)
+    return {k: statistics.median(p[k] for p in found) if isinstance(v, number) and not isinstance(v, bool) else v for k, v in found[0].items()}
 
 
 def ours(data: dict) -> str:
@@ -34,8 +37,8 @@ def targets(data: dict) -> list[Target]:
         out.append(Target(f"{me} c=32 req/s / {label}'s", ratio(mine32 and mine32["rps_ok"], theirs32 and theirs32["rps_ok"]),
                           2.0 if info["python"] else 1.0, ">=" if info["python"] else ">", "x", missing=why))
         out.append(Target(f"{me} c=1 p50 / {label}'s", ratio(mine1 and mine1["p50_ms"], theirs1 and theirs1["p50_ms"]), 1.0, "<", "x", missing=why))
-    v2 = next((p for p in data["points"] if p["what"] == "v2_binary" and "failed" not in p), None)
-    inproc = data["inprocess_batch"][-1] if data["inprocess_batch"] else None
+    v2 = next((point(data, p["server"], p["what"], p["concurrency"]) for p in data["points"] if p["what"] == "v2_binary"), None)
+    inproc = {"rows_per_s": statistics.median(r["rows_per_s"] for r in data["inprocess_batch"])} if data["inprocess_batch"] else None
     out.append(Target(f"V2 binary {v2['rows_per_request'] if v2 else 64}-row rows/s / in-process ORT batch 64",
                       ratio(v2 and v2["rps_ok"] * v2["rows_per_request"], inproc and inproc["rows_per_s"]), 0.7, ">=", "x", missing="V2 point missing"))
     noop = point(data, me, "noop", 32)
@@ -51,9 +54,9 @@ def table(data: dict) -> str:
         bad = sum(p["non2xx"] + p["socket_errors"] for p in (p1, p32) if p)
         rows.append([label, info.get("version", ""), ms(p1 and p1["p50_ms"]), f"{p32['rps_ok']:,.0f}" if p32 else "n/a",
                      ms(p32 and p32["p99_ms"], 1), f"{p32['server_cores']:.2f} / {p32['client_cores']:.2f}" if p32 else "n/a",
-                     f"{p32['server_rss_mib']:.0f}" if p32 else "n/a", bad, info.get("failed", info.get("answer", ""))[:120]])
+                     f"{p32['idle_servers_cores']:.2f}" if p32 else "n/a", f"{p32['server_rss_mib']:.0f}" if p32 else "n/a", bad, info.get("failed", info.get("answer", ""))[:120]])
     return markdown_table(["server", "version", "c=1 p50 ms", "c=32 req/s", "c=32 p99 ms", "c=32 cores server / wrk",
-                           "RSS MiB", "non-2xx + errors", "answer (top-3 vs in process)"], rows)
+                           "idle others' cores", "RSS MiB", "non-2xx + errors", "answer (top-3 vs in process)"], rows)
 
 
 def write(data: dict, folder: str, prefix: str) -> None:
@@ -67,21 +70,23 @@ def write(data: dict, folder: str, prefix: str) -> None:
         "# modelserve against other servers", "",
         f"`{data['command'].strip()}` on {data['date']}, {data.get('seconds', 0):.0f} s"
         + ("" if end else " — **run in progress or interrupted: partial results**")
-        + f". {data['duration_s']} s per point after a {data['warmup_s']} s warm-up, wrk `-t1`, every server up side by side and taking turns point by point.", "",
+        + f". {data['duration_s']} s per point after a {data['warmup_s']} s warm-up, wrk `-t1`, every server up side by side and taking turns point by point, "
+        f"{data.get('rounds', 1)} round(s) of all the points; with more than one, each figure below is the median over the rounds.", "",
         f"Machine: {m['cpu']}, {m['usable_cpus']} usable CPUs. Load average (1, 5, 15 min) at start {', '.join(f'{x:.2f}' for x in load)}"
         + (f", at end {', '.join(f'{x:.2f}' for x in end)}" if end else "")
         + ": the machine is shared, figures are noisy; ratios measured side by side in this run are what count.", "",
         "## Goals", "", targets_table(targets(data)) if data["points"] else "no point measured yet", "",
         "## One 28x28 image per request, top-3 labels", "",
         f"Model: the stored `{data['model']['name']}:{data['model']['version']}` ONNX file, one ONNX Runtime thread in every server. "
-        "Throughput counts 2xx answers; CPU is user + system time of each server's process tree (/proc) and wrk's (getrusage), in cores.", "",
+        "Throughput counts 2xx answers; CPU is user + system time of each server's process tree (/proc) and wrk's (getrusage), in cores; "
+        "\"idle others\" is what the servers not being measured used meanwhile (Ray's daemons mostly). The version of modelserve is the commit.", "",
         table(data), "",
     ]
     if plot:
         lines += [f"![servers]({plot})", ""]
     lines += ["## Settings", ""] + [f"- **{label}**: {info['settings']}" for label, info in data["servers"].items()]
     lines += [f"- {data['triton']}.", ""]
-    v2 = [p for p in data["points"] if p["what"] in ("v2_binary", "noop")]
+    v2 = [p for p in data["points"] if p["what"] in ("v2_binary", "noop")]  # every round
     if v2 or data["inprocess_batch"]:
         lines += ["## Closer to the limit", ""]
         for p in v2:
@@ -142,4 +147,6 @@ def profile_lines(profile: dict | None) -> list[str]:
             f"py-spy sampled the one worker of the default-setting server at 100 Hz for {next(iter(profile.values()))['seconds']} s "
             "under each endpoint at c=32: shares of the event-loop thread's busy samples by layer (each sample at its innermost frame; "
             "the batch thread runs ONNX Runtime beside it).", "",
-            markdown_table(["layer"] + [f"`/{key}`" for key in loops], rows), ""]
+            markdown_table(["layer"] + [f"`/{key}`" for key in loops], rows), "",
+            "Innermost functions of the event loop under `/classify`:", "",
+            markdown_table(["function", "share"], [[f"`{f}`", f"{100 * share:.1f}%"] for f, share in loops["classify"].get("functions", [])[:10]]), ""]

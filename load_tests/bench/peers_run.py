@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", default=",".join(p.key for p in PEERS), help="comma-separated: " + ", ".join(p.key for p in PEERS))
     parser.add_argument("--duration", type=int, default=10, help="measured seconds per point")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds before each point")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of all the points; figures are medians over them")
     parser.add_argument("--levels", default="1,32", help="concurrency levels (the goals read 1 and 32)")
     parser.add_argument("--no-default", action="store_true", help="leave out the service at its default setting (1 worker)")
     parser.add_argument("--no-profile", action="store_true", help="leave out the py-spy profiles of /classify and /noop")
@@ -110,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         with open(files[name], "wb") as f:
             f.write(body)
     data = {"command": "python -m load_tests.bench.peers_run " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d %H:%M %Z"), "duration_s": args.duration, "warmup_s": args.warmup, "levels": levels,
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"), "duration_s": args.duration, "warmup_s": args.warmup, "levels": levels, "rounds": args.rounds,
             "loadavg_start": os.getloadavg(), "model": {"name": CLASSIFIER, "version": store.version(CLASSIFIER), "path": model_path},
             "servers": {}, "series": [], "points": [], "inprocess_batch": [], "triton": TRITON}
     peer_env = {"PEER_MODEL": model_path, "PEER_LABELS": json.dumps(list(SPECS[CLASSIFIER].labels)), "OMP_NUM_THREADS": "1",
                 "BENTOML_DO_NOT_TRACK": "true"}
     servers: dict = {}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "?"
 
     def save() -> None:  # partial results, as the run goes
         data["seconds"] = time.perf_counter() - started
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ours = [(SERVICE, RECOMMENDED)] + ([] if args.no_default else [(DEFAULT, {})])
         for label, env in ours:
-            info = {"kind": "modelserve", "settings": ", ".join(f"{k}={v}" for k, v in env.items()) or "defaults", "python": True}
+            info = {"kind": "modelserve", "settings": ", ".join(f"{k}={v}" for k, v in env.items()) or "defaults", "python": True, "version": commit}
             try:
                 servers[label] = Server("bentoml", env, workdir)
                 info.update(ready_s=servers[label].ready_s, answer=check_answer(servers[label].url + "/classify", *payloads["classify_json"][:2], expected))
@@ -156,14 +159,15 @@ def main(argv: list[str] | None = None) -> int:
             series.append((SERVICE, "noop", "/noop", "classify_json", [32]))
             series.append((SERVICE, "v2_binary", f"/v2/models/{CLASSIFIER}/infer", "v2_binary", [V2_CONCURRENCY]))
         data["series"] = [list(s[:4]) for s in series]
-        for c in sorted({c for s in series for c in s[4]}):
+        turns = [(r, c) for r in range(args.rounds) for c in sorted({c for s in series for c in s[4]})]
+        for round_, c in turns:
             for label, what, path, body, series_levels in series:
                 if c not in series_levels:
                     continue
                 if what == "v2_binary":  # the in-process reference, measured just before
                     timing = interleaved_medians({"ort": lambda: session.run(None, {"image": rows})}, rounds=100)["ort"]
                     data["inprocess_batch"].append({"rows": V2_ROWS, **timing, "rows_per_s": V2_ROWS / (timing["median_ms"] / 1000)})
-                point = {"server": label, "what": what, "concurrency": c, "rows_per_request": V2_ROWS if what == "v2_binary" else 1}
+                point = {"server": label, "what": what, "concurrency": c, "round": round_, "rows_per_request": V2_ROWS if what == "v2_binary" else 1}
                 try:
                     point.update(measure(servers, label, servers[label].url + path, files[body], payloads[body][1], payloads[body][2], c, args))
                     log(f"  {label:<32} {what:<9} c={c:<3} {point['rps_ok']:8.1f} req/s  p50 {point['p50_ms']:7.2f} ms  p99 {point['p99_ms']:7.2f} ms  "
