@@ -65,7 +65,8 @@ def run(name: str, options: TrainOptions, spec_override: ModelSpec | None = None
 
         return quantize_resnet(options, spec_override)
     started = time.perf_counter()
-    options = dataclasses.replace(options, judge_path=(judges(spec_override or SPECS[name]) or {}).get("cnn"))
+    cnn = store.latest("cnn") if (spec_override or SPECS[name]).task in GENERATIVE_TASKS else None
+    options = dataclasses.replace(options, judge_path=cnn.path_of("model.onnx") if cnn else None)  # progress only
     trained = recipes()[name](options)
     if spec_override is not None:
         trained.spec = dataclasses.replace(spec_override, preprocessing=trained.spec.preprocessing, labels=trained.spec.labels)

@@ -89,11 +89,11 @@ def models_report() -> str:
             lines.append(f"| {name} | not stored | | | | | |")
             continue
         md = model.info.metadata
-        floor = md["spec"]["floor"]
-        floor_text = (
+        floor_text = ", ".join(
             f"{floor['metric']} >= {floor['minimum']}"
             if "minimum" in floor
             else f"{floor['metric']} within {floor['max_drop']} of {floor['relative_to']}"
+            for floor in [md["spec"]["floor"], *md["spec"].get("also", [])]
         )
         dataset = md["dataset"]
         training = md.get("training", {})

@@ -223,7 +223,10 @@ def test_generator_floors_gate_on_confidence_and_spread():
     assert floor_failure(spec, good) is None
     assert "mean_confidence" in floor_failure(spec, {**good, "mean_confidence": 0.79})
     assert "class_spread" in floor_failure(spec, {**good, "class_spread": 0.49})
-    assert "class_spread" in floor_failure(SPECS["vae"], {**good, "class_spread": 0.2})
+    vae = {"classes_covered": 10, "mean_confidence": 0.7, "class_spread": 0.6}  # the VAE's floors: coverage and spread
+    assert floor_failure(SPECS["vae"], vae) is None
+    assert "class_spread" in floor_failure(SPECS["vae"], {**vae, "class_spread": 0.2})
+    assert "classes_covered" in floor_failure(SPECS["vae"], {**vae, "classes_covered": 9})
 
 
 def test_stored_gan_reports_both_judges_the_asked_digits_and_the_frechet_distances(stored_cnn):
