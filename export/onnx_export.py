@@ -35,6 +35,8 @@ def random_inputs(spec: ModelSpec, graph: GraphSpec, batch: int, seq_len: int, r
             arrays[t.name] = rng.random(shape, dtype=np.float32)
         elif t.kind == "normal":
             arrays[t.name] = rng.standard_normal(shape, dtype=np.float32)
+        elif t.kind == "class_index":
+            arrays[t.name] = rng.integers(0, len(spec.labels), size=shape).astype(np.int64)
         elif t.kind == "tokens":
             tokens = rng.integers(2, spec.preprocessing["vocab_size"], size=shape)
             tokens[np.arange(seq_len)[None, :] >= lengths[:, None]] = spec.preprocessing["pad_id"]

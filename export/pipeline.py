@@ -8,10 +8,11 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from export import store
 from export.onnx_export import export_graph, verify_parity
-from export.publish import FloorError, Result, finish, judge_path  # noqa: F401 (callers catch pipeline.FloorError)
+from export.publish import FloorError, Result, finish  # noqa: F401 (callers catch pipeline.FloorError)
 from export.recipe import Trained, TrainOptions
-from modelspec import SPECS, ModelSpec
+from modelspec import GENERATIVE_TASKS, SPECS, ModelSpec
 
 
 def recipes() -> dict[str, Callable[[TrainOptions], Trained]]:
@@ -40,7 +41,8 @@ def run(name: str, options: TrainOptions, spec_override: ModelSpec | None = None
 
         return quantize(spec_override or SPECS[name], options)
     started = time.perf_counter()
-    options = dataclasses.replace(options, judge_path=judge_path(spec_override or SPECS[name]))
+    cnn = store.latest("cnn") if (spec_override or SPECS[name]).task in GENERATIVE_TASKS else None
+    options = dataclasses.replace(options, judge_path=cnn.path_of("model.onnx") if cnn else None)  # progress only
     trained = recipes()[name](options)
     if spec_override is not None:
         trained.spec = dataclasses.replace(spec_override, preprocessing=trained.spec.preprocessing, labels=trained.spec.labels)

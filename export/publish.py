@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from export import store
-from export.evaluate import evaluate, floor_failure
+from export.evaluate import JUDGES, evaluate, floor_failure
 from modelspec import GENERATIVE_TASKS, ModelSpec
 
 
@@ -28,14 +28,17 @@ class Result:
     model_path: str
 
 
-def judge_path(spec: ModelSpec) -> str | None:
-    """Generated digits are judged by the latest stored cnn."""
+def judges(spec: ModelSpec) -> dict[str, str] | None:
+    """Generated digits are judged by the latest stored cnn and resnet (evaluate.JUDGES)."""
     if spec.task not in GENERATIVE_TASKS:
         return None
-    judge = store.latest("cnn")
-    if judge is None:
-        raise FloorError(f"{spec.name}: its samples are judged by cnn, which is not stored yet: run `python -m export cnn` first")
-    return judge.path_of("model.onnx")
+    paths = {}
+    for name in JUDGES:
+        judge = store.latest(name)
+        if judge is None:
+            raise FloorError(f"{spec.name}: its samples are judged by {name}, which is not stored yet: run `python -m export {name}` first")
+        paths[name] = judge.path_of("model.onnx")
+    return paths
 
 
 def reference_metrics(spec: ModelSpec) -> dict | None:
@@ -54,9 +57,9 @@ def finish(
     history: dict | None = None,
     samples: np.ndarray | None = None,
 ) -> Result:
-    """Measure with ONNX Runtime, apply the floor, store, and draw the report figures."""
+    """Measure with ONNX Runtime, apply every floor, store, and draw the report figures."""
     np.savez_compressed(os.path.join(folder, "eval.npz"), **eval_arrays)
-    metrics = evaluate(spec, folder, eval_arrays, judge_path(spec))
+    metrics = evaluate(spec, folder, eval_arrays, judges(spec))
     failure = floor_failure(spec, metrics, reference_metrics(spec))
     if failure:
         raise FloorError(f"{failure}; not stored, the latest good version stays in place")

@@ -36,7 +36,7 @@ def training_figures(name: str, history: dict[str, list[float]], samples: np.nda
         plt.close(fig)
     if samples is not None:
         written.append(os.path.join(reports_dir(), f"{name}-samples.png"))
-        plt.imsave(written[-1], grid(samples), cmap="gray", vmin=0, vmax=1)
+        plt.imsave(written[-1], grid(samples, columns=10), cmap="gray", vmin=0, vmax=1)
     return written
 
 
@@ -63,10 +63,33 @@ def confusion_figure(name: str, labels: list[str], confusion: list[list[int]]) -
 def headline(metrics: dict) -> str:
     if "accuracy" in metrics:
         return f"accuracy {metrics['accuracy']:.4f} (n={metrics['n']})"
-    text = f"{metrics['classes_covered']}/10 classes, mean confidence {metrics['mean_confidence']:.3f}"
+    text = f"{metrics['classes_covered']}/10 classes, mean cnn confidence {metrics['mean_confidence']:.3f}"
+    if "class_spread" in metrics:  # stored before issue 13: coverage and confidence only
+        text += f", class spread {metrics['class_spread']:.2f}"
+    if "asked_digit_accuracy_min_cnn" in metrics:
+        text += f", asked digit drawn >= {metrics['asked_digit_accuracy_min_cnn']:.0%} of the time for every digit"
     if "reconstruction_mse" in metrics:
         text += f", reconstruction MSE {metrics['reconstruction_mse']:.4f}"
     return text
+
+
+def generator_details(name: str, m: dict) -> list[str]:
+    if "resnet" not in m:  # stored before issue 13: judged by cnn alone
+        return [f"- {name}: samples per class as judged by cnn: {m['class_counts']}"]
+    r = m["resnet"]
+    lines = [
+        f"- {name}: {m['samples']} unconditional samples, per class as judged by cnn: {m['class_counts']} "
+        f"(spread {m['class_spread']:.2f}, mean confidence {m['mean_confidence']:.3f}); by resnet: {r['class_counts']} "
+        f"(spread {r['class_spread']:.2f}, mean confidence {r['mean_confidence']:.3f})",
+        f"- {name}: Frechet distance in the cnn's last hidden layer, samples vs held-out digits "
+        f"{m['frechet_distance']['samples_vs_held_out']:.2f}; between two halves of the held-out digits "
+        f"{m['frechet_distance']['held_out_halves']:.2f}",
+    ]
+    for judge in ("cnn", "resnet"):
+        if f"asked_digit_accuracy_{judge}" in m:
+            shares = ", ".join(f"{d}: {v:.2f}" for d, v in m[f"asked_digit_accuracy_{judge}"].items())
+            lines.append(f"- {name}: asked digit drawn ({m['per_class_samples'] // 10} per digit), judged by {judge}: {shares}")
+    return lines
 
 
 def models_report() -> str:
@@ -87,11 +110,11 @@ def models_report() -> str:
             lines.append(f"| {name} | not stored | | | | | |")
             continue
         md = model.info.metadata
-        floor = md["spec"]["floor"]
-        floor_text = (
+        floor_text = ", ".join(
             f"{floor['metric']} >= {floor['minimum']}"
             if "minimum" in floor
             else f"{floor['metric']} within {floor['max_drop']} of {floor['relative_to']}"
+            for floor in [md["spec"]["floor"], *md["spec"].get("also", [])]
         )
         dataset = md["dataset"]
         training = md.get("training", {})
@@ -103,7 +126,7 @@ def models_report() -> str:
             f"{training.get('profile', '')}, {training.get('seconds', '-')} s{cpu} | "
             f"{', '.join(f'{k}: {v:.1e}' for k, v in parity.items()) or '-'} |"
         )
-        extra = {k: v for k, v in training.items() if k.startswith("baseline")}
+        extra = {k: v for k, v in training.items() if k.startswith(("baseline", "torch_accuracy")) and k != "baseline_seconds"}
         if extra:
             details.append(f"- {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()))
         if "quantization" in md:
@@ -122,7 +145,7 @@ def models_report() -> str:
             per_class = ", ".join(f"{label} {value:.3f}" for label, value in md["metrics"]["per_class_accuracy"].items())
             details.append(f"- {name}: accuracy per class: {per_class}; confusion matrix: `{os.path.basename(figure)}`")
         if "class_counts" in md["metrics"]:
-            details.append(f"- {name}: samples per class as judged by cnn: {md['metrics']['class_counts']}")
+            details += generator_details(name, md["metrics"])
     if details:
         lines += ["", "## Details", "", *details]
     path = os.path.join(reports_dir(), "models.md")

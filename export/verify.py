@@ -13,7 +13,7 @@ import os
 import math
 
 from export import store
-from export.evaluate import evaluate, floor_failure
+from export.evaluate import JUDGES, evaluate, floor_failure
 from export.publish import load_eval_arrays
 from modelspec import EXPORT_ORDER, ModelSpec, sha256_file
 
@@ -47,8 +47,9 @@ def check(name: str) -> list[str]:
             problems.append(f"{model.tag}: {filename} sha256 {actual} != stored {expected['sha256']}")
     if problems or not os.path.exists(model.path_of("eval.npz")):
         return problems
-    judge = store.latest("cnn")
-    metrics = evaluate(spec, model.path, load_eval_arrays(model.path), judge.path_of("model.onnx") if judge else None)
+    judges = {name: store.latest(name) for name in JUDGES}
+    paths = {name: judge.path_of("model.onnx") for name, judge in judges.items() if judge is not None}
+    metrics = evaluate(spec, model.path, load_eval_arrays(model.path), paths)
     problems += [f"{model.tag}: {d}" for d in differences(md["metrics"], metrics)]
     reference = store.latest(spec.floor.relative_to) if spec.floor.relative_to else None
     failure = floor_failure(spec, metrics, reference.info.metadata["metrics"] if reference else None)

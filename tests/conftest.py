@@ -31,7 +31,7 @@ def any_quality(name: str):
 
     spec = SPECS[name]
     if spec.floor.relative_to is None:
-        return dataclasses.replace(spec, floor=Floor(spec.floor.metric, minimum=0.0))
+        return dataclasses.replace(spec, floor=Floor(spec.floor.metric, minimum=0.0), also=())
     return dataclasses.replace(spec, floor=dataclasses.replace(spec.floor, max_drop=1.0))
 
 

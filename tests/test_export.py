@@ -21,8 +21,13 @@ from export import pipeline, store, verify
 from export.onnx_export import ExportError, check_graph, export_graph, random_inputs, verify_parity
 from export.recipe import TrainOptions
 from conftest import any_quality
-from modelspec import OPSET, SPECS, ModelSpec, sha256_file
+from export.evaluate import floor_failure
+from export.judge import Judge, asked_digit_accuracy, class_spread, frechet_distance, judge_samples
+from modelspec import GAN_LATENT, OPSET, SPECS, ModelSpec, sha256_file
 from models.cnn import DigitCNN
+from modelspec.text import build_vocab, encode_batch
+from models.gan import Generator
+from models.sentiment import SentimentLSTM
 from models.resnet import SmallResNet
 
 SMOKE = TrainOptions(profile="smoke", progress=False)
@@ -40,6 +45,9 @@ def stored_cnn():
 def test_specs_round_trip_through_metadata():
     for spec in SPECS.values():
         assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    # metadata stored before specs had several floors has no "also": it loads with its one floor
+    old = {k: v for k, v in SPECS["gan"].to_dict().items() if k != "also"}
+    assert ModelSpec.from_dict(old).floors == (SPECS["gan"].floor,)
 
 
 @pytest.mark.parametrize("name,module", [("cnn", DigitCNN()), ("resnet", SmallResNet())])
@@ -173,3 +181,123 @@ def test_fashion_and_its_int8_variant_go_through_the_same_path():
     assert int8_md["training"]["quantized_from"] == fashion.tag
     assert int8_md["spec"]["labels"] == md["spec"]["labels"] and int8_md["dataset"] == md["dataset"]
     assert verify.check("fashion") == [] and verify.check("fashion-int8") == []
+
+
+# --- generators: conditional graphs, the judges' metrics, the floors ---------------------
+
+
+def test_conditional_generator_exports_and_draws_the_asked_label(tmp_path):
+    spec = SPECS["gan"]
+    graph = spec.graph("model.onnx")
+    assert [t.to_dict() for t in graph.inputs] == [
+        {"name": "z", "dtype": "float32", "shape": [-1, GAN_LATENT], "kind": "normal"},
+        {"name": "label", "dtype": "int64", "shape": [-1], "kind": "class_index"},
+    ]
+    arrays = random_inputs(spec, graph, batch=64, seq_len=1, rng=np.random.default_rng(0))
+    assert arrays["label"].dtype == np.int64 and set(arrays["label"]) <= set(range(10)) and len(set(arrays["label"])) > 1
+    torch.manual_seed(0)
+    generator = Generator(GAN_LATENT).eval()
+    path = str(tmp_path / graph.filename)
+    export_graph(generator, spec, graph, path)
+    assert verify_parity(generator, spec, graph, path) <= 1e-4
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    z = np.random.default_rng(1).standard_normal((2, GAN_LATENT), dtype=np.float32)
+    (three,) = session.run(None, {"z": z, "label": np.array([3, 3], np.int64)})
+    (seven,) = session.run(None, {"z": z, "label": np.array([3, 7], np.int64)})
+    assert three.shape == (2, 1, 28, 28) and 0.0 <= three.min() and three.max() <= 1.0
+    assert np.array_equal(three[0], seven[0]) and not np.allclose(three[1], seven[1])  # the label is used, per row
+
+
+def test_class_spread_is_the_worst_share_against_a_fair_one():
+    assert class_spread(np.full(10, 100)) == 1.0
+    assert class_spread(np.array([50] + [105] * 9)) == pytest.approx(50 / 995 * 10)
+    assert class_spread(np.array([200, 100, 100, 100, 100, 100, 100, 100, 100, 0])) == pytest.approx(0.0)
+    over = np.array([250] + [750 // 9] * 9)
+    assert class_spread(over) == pytest.approx(1 / (250 / over.sum() * 10))
+
+
+def test_frechet_distance_is_zero_for_one_set_and_the_mean_gap_for_a_shifted_copy():
+    features = np.random.default_rng(0).standard_normal((500, 8))
+    assert frechet_distance(features, features) == pytest.approx(0.0, abs=1e-6)
+    shift = np.arange(8.0)
+    assert frechet_distance(features, features + shift) == pytest.approx(float(shift @ shift), rel=1e-6)
+
+
+def test_judge_reads_the_cnns_last_hidden_layer_and_names_asked_digits(tmp_path, stored_cnn):
+    judge = Judge(store.latest("cnn").path_of("model.onnx"))
+    with np.load(store.latest("cnn").path_of("eval.npz")) as data:
+        x, y = data["x"], data["y"]
+    probabilities, features = judge.run(x)
+    assert probabilities.shape == (len(x), 10) and features.shape == (len(x), 128)  # DigitCNN's hidden width
+    assert np.allclose(probabilities.sum(axis=1), 1.0)
+    assert (features >= 0).all()  # after the ReLU
+    accuracy = asked_digit_accuracy(judge, x, y, [str(d) for d in range(10)])
+    predicted = probabilities.argmax(1)
+    assert accuracy["3"] == pytest.approx(np.mean(predicted[y == 3] == 3))
+    verdict = judge_samples(judge, x)
+    assert sum(verdict["class_counts"]) == len(x) and verdict["class_spread"] == class_spread(np.array(verdict["class_counts"]))
+
+
+def test_generator_floors_gate_on_confidence_and_spread():
+    spec = SPECS["gan"]
+    good = {"mean_confidence": 0.9, "class_spread": 0.7}
+    assert floor_failure(spec, good) is None
+    assert "mean_confidence" in floor_failure(spec, {**good, "mean_confidence": 0.79})
+    assert "class_spread" in floor_failure(spec, {**good, "class_spread": 0.49})
+    vae = {"classes_covered": 10, "mean_confidence": 0.7, "class_spread": 0.6}  # the VAE's floors: coverage and spread
+    assert floor_failure(SPECS["vae"], vae) is None
+    assert "class_spread" in floor_failure(SPECS["vae"], {**vae, "class_spread": 0.2})
+    assert "classes_covered" in floor_failure(SPECS["vae"], {**vae, "classes_covered": 9})
+
+
+def test_stored_gan_reports_both_judges_the_asked_digits_and_the_frechet_distances(stored_cnn):
+    pipeline.run("resnet", SMOKE, spec_override=any_quality("resnet"))
+    gan = pipeline.run("gan", SMOKE, spec_override=any_quality("gan"))
+    metrics = bentoml.models.get(gan.tag).info.metadata["metrics"]
+    assert metrics["samples"] == 1000 and sum(metrics["class_counts"]) == 1000 and sum(metrics["resnet"]["class_counts"]) == 1000
+    assert metrics["per_class_samples"] == 1000
+    for judge in ("cnn", "resnet"):
+        per_digit = metrics[f"asked_digit_accuracy_{judge}"]
+        assert sorted(per_digit) == [str(d) for d in range(10)] and all(0.0 <= v <= 1.0 for v in per_digit.values())
+        assert metrics[f"asked_digit_accuracy_min_{judge}"] == min(per_digit.values())
+    distances = metrics["frechet_distance"]
+    assert distances["samples_vs_held_out"] > 0 and distances["held_out_halves"] > 0
+    with np.load(bentoml.models.get(gan.tag).path_of("eval.npz")) as data:
+        assert np.array_equal(np.bincount(data["label_per_class"]), np.full(10, 100))
+        assert set(np.unique(data["label"])) == set(range(10)) and data["z"].shape == (1000, GAN_LATENT)
+    assert verify.check("gan") == []
+
+
+# --- sentiment: right-padding ------------------------------------------------------------
+
+
+def small_sentiment() -> tuple[SentimentLSTM, dict]:
+    """A small untrained LSTM with the vocabulary of a few reviews."""
+    texts = ["很好很好", "不好", "质量很差，不会再买了", "物流快，包装好，推荐", "差", "还不错吧", "一般般，不推荐", "好"]
+    vocab = build_vocab(texts, SPECS["sentiment"].preprocessing, min_count=1)
+    torch.manual_seed(0)
+    return SentimentLSTM(len(vocab) + 2, embedding_size=8, ngram_buckets=256, hidden_size=8).eval(), vocab
+
+
+def test_right_padding_does_not_change_a_texts_answer_across_mixed_batches(tmp_path):
+    model, vocab = small_sentiment()
+    preprocessing = SPECS["sentiment"].preprocessing
+    spec = dataclasses.replace(SPECS["sentiment"], preprocessing={**preprocessing, "vocab_size": len(vocab) + 2})
+    graph = spec.graphs[0]
+    path = str(tmp_path / graph.filename)
+    export_graph(model, spec, graph, path)
+    assert verify_parity(model, spec, graph, path) <= 1e-4
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    short, long = "好", "物流很快，质量很好，包装也不错，下次还来买" * 5
+    texts = [short, long, "很差", "还不错吧" * 3, short + long]
+    alone = {t: session.run(None, dict(zip(("tokens", "lengths"), encode_batch([t], vocab, preprocessing))))[0][0] for t in texts}
+    for batch in ([short, long], [long, short, "很差"], texts, [short] * 3 + [long], list(reversed(texts))):
+        tokens, lengths = encode_batch(batch, vocab, preprocessing)
+        for extra in (0, 7):  # padded to the longest row, and beyond it
+            padded = np.pad(tokens, ((0, 0), (0, extra)))
+            (logits,) = session.run(None, {"tokens": padded, "lengths": lengths})
+            with torch.no_grad():
+                torch_logits = model(torch.from_numpy(padded), torch.from_numpy(lengths)).numpy()
+            for text, row, torch_row in zip(batch, logits, torch_logits):
+                assert np.abs(row - alone[text]).max() < 1e-5, (text[:10], len(batch), extra)
+                assert np.abs(torch_row - alone[text]).max() < 1e-4
