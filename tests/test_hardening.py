@@ -454,8 +454,8 @@ def hostile_requests():
         ("NaN in /infer/resnet", "/infer/resnet", {"data": NAN_ROWS, "headers": JSON}, 400, "not_finite", "image"),
         ("NaN in /infer/resnet-int8", "/infer/resnet-int8", {"data": NAN_ROWS, "headers": JSON}, 400, "not_finite", "image"),
         ("NaN in /infer/vae-encoder", "/infer/vae-encoder", {"data": NAN_ROWS, "headers": JSON}, 400, "not_finite", "image"),
-        ("JSON objects in a tensor", "/infer/gan", {"json": {"z": [{"a": 1}, {"b": []}]}}, 400, "bad_array", "z"),
-        ("Infinity in /infer/gan", "/infer/gan", {"data": '{"z": [%s]}' % json.dumps([float("inf")] * 100), "headers": JSON}, 400, "not_finite", "z"),
+        ("JSON objects in a tensor", "/infer/gan", {"json": {"z": [{"a": 1}, {"b": []}], "label": [0, 1]}}, 400, "bad_array", "z"),
+        ("Infinity in /infer/gan", "/infer/gan", {"data": '{"z": [%s], "label": [0]}' % json.dumps([float("inf")] * 100), "headers": JSON}, 400, "not_finite", "z"),
         ("NaN in /infer/vae-decoder", "/infer/vae-decoder", {"data": '{"z": [%s]}' % json.dumps([float("nan")] * 16), "headers": JSON}, 400, "not_finite", "z"),
         ("values past 1 in /infer/resnet", "/infer/resnet", {"json": {"image": [[[[1e38] * 28] * 28]]}}, 400, "out_of_range", "image"),
         ("no rows for /infer/cnn", "/infer/cnn", {"json": {"image": []}}, 400, "bad_shape", "image"),
@@ -473,8 +473,8 @@ def hostile_requests():
         ("a single-colour upload to the VAE", "/vae/reconstruct", upload("x.png", encoded(Image.new("RGB", (40, 30), (200, 30, 30)), "PNG")), 400, "no_content", "image"),
         ("a PPM upload (not a listed format)", "/classify/image", upload("x.ppm", encoded(Image.fromarray((np.eye(32) * 255).astype(np.uint8)), "PPM")), 400, "not_an_image", "image"),
         ("an integer of 400 digits in /classify", "/classify", {"data": '{"images": [[[%s]]]}' % ("9" * 400), "headers": JSON}, 400, "bad_array", "images"),
-        ("an integer of 400 digits in /infer/gan", "/infer/gan", {"data": '{"z": [[%s]]}' % ", ".join(["9" * 400] * 100), "headers": JSON}, 400, "bad_array", "z"),
-        ("huge but finite latents in /infer/gan", "/infer/gan", {"json": {"z": [[3e38] * 100]}}, 400, "out_of_range", "z"),
+        ("an integer of 400 digits in /infer/gan", "/infer/gan", {"data": '{"z": [[%s]], "label": [0]}' % ", ".join(["9" * 400] * 100), "headers": JSON}, 400, "bad_array", "z"),
+        ("huge but finite latents in /infer/gan", "/infer/gan", {"json": {"z": [[3e38] * 100], "label": [0]}}, 400, "out_of_range", "z"),
         ("huge but finite latents in /infer/vae-decoder", "/infer/vae-decoder", {"json": {"z": [[-1e30] * 16]}}, 400, "out_of_range", "z"),
     ]
 

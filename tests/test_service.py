@@ -169,12 +169,38 @@ def test_gan_same_seed_same_bytes(server, local):
     with Image.open(io.BytesIO(first.content)) as grid:
         assert grid.size == (6 * 28 + 5 * 2, 28)
     arrays = post(server, "/gan/generate", json={"n": 2, "seed": 1234, "format": "array"}).json()
-    z = np.random.default_rng(1234).standard_normal((2, 100), dtype=np.float32)
-    (expected,) = local["gan"].run("model.onnx", {"z": z})
+    rng = np.random.default_rng(1234)  # z first, then the labels (none asked: uniform over the digits)
+    z = rng.standard_normal((2, 100), dtype=np.float32)
+    labels = rng.integers(0, 10, 2)
+    assert arrays["labels"] == [str(d) for d in labels]
+    (expected,) = local["gan"].run("model.onnx", {"z": z, "label": labels.astype(np.int64)})
     np.testing.assert_allclose(np.array(arrays["images"], dtype=np.float32), expected[:, 0], atol=1e-6)
     encoded = post(server, "/gan/generate", json={"n": 2, "seed": 1234, "format": "base64"}).json()
     with Image.open(io.BytesIO(base64.b64decode(encoded["images"][0]))) as image:
         assert image.size == (28, 28)
+
+
+def test_gan_draws_the_asked_digit_for_every_image(server, local):
+    answer = post(server, "/gan/generate", json={"n": 5, "seed": 77, "label": 3, "format": "array"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["labels"] == ["3"] * 5
+    z = np.random.default_rng(77).standard_normal((5, 100), dtype=np.float32)
+    (expected,) = local["gan"].run("model.onnx", {"z": z, "label": np.full(5, 3, dtype=np.int64)})
+    np.testing.assert_allclose(np.array(answer.json()["images"], dtype=np.float32), expected[:, 0], atol=1e-6)
+    unasked = post(server, "/gan/generate", json={"n": 5, "seed": 77, "format": "array"}).json()
+    assert unasked["images"] != answer.json()["images"]  # same z, other labels: the label is used
+
+
+def test_gan_takes_one_label_per_image(server, local):
+    asked = [9, 0, 4, 4]
+    answer = post(server, "/gan/generate", json={"n": 4, "seed": 5, "label": asked, "format": "array"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["labels"] == [str(d) for d in asked]
+    z = np.random.default_rng(5).standard_normal((4, 100), dtype=np.float32)
+    (expected,) = local["gan"].run("model.onnx", {"z": z, "label": np.array(asked, dtype=np.int64)})
+    np.testing.assert_allclose(np.array(answer.json()["images"], dtype=np.float32), expected[:, 0], atol=1e-6)
+    png = post(server, "/gan/generate", json={"n": 4, "seed": 5, "label": asked})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
 
 
 def test_same_seed_same_bytes_when_batched_with_other_requests(server):
@@ -250,10 +276,20 @@ CLIENT_MISTAKES = [
     ("/gan/generate", {"json": {"seed": -1}}, "seed_out_of_range"),
     ("/gan/generate", {"json": {"seed": 2**64}}, "seed_out_of_range"),
     ("/gan/generate", {"json": {"format": "gif"}}, None),
+    ("/gan/generate", {"json": {"n": 2, "label": 10}}, "bad_label"),
+    ("/gan/generate", {"json": {"n": 2, "label": -1}}, "bad_label"),
+    ("/gan/generate", {"json": {"n": 2, "label": "3"}}, "bad_label"),
+    ("/gan/generate", {"json": {"n": 2, "label": True}}, "bad_label"),
+    ("/gan/generate", {"json": {"n": 2, "label": 2.0}}, "bad_label"),
+    ("/gan/generate", {"json": {"n": 3, "label": [1, 2]}}, "bad_label"),
+    ("/gan/generate", {"json": {"n": 2, "label": [1, 10]}}, "bad_label"),
     ("/vae/interpolate", {"json": {"steps": 1}}, None),
-    ("/infer/gan", {"json": {"z": [[1.0, 2.0]]}}, "bad_shape"),
-    ("/infer/gan", {"json": {"z": [[1e6] * 100]}}, "out_of_range"),
-    ("/infer/gan", {"json": {"latent": [[0.0] * 100]}}, "unknown_field"),
+    ("/infer/gan", {"json": {"z": [[1.0, 2.0]], "label": [0]}}, "bad_shape"),
+    ("/infer/gan", {"json": {"z": [[1e6] * 100], "label": [0]}}, "out_of_range"),
+    ("/infer/gan", {"json": {"latent": [[0.0] * 100], "label": [0]}}, "unknown_field"),
+    ("/infer/gan", {"json": {"z": [[0.0] * 100]}}, "missing_input"),
+    ("/infer/gan", {"json": {"z": [[0.0] * 100], "label": [10]}}, "out_of_range"),
+    ("/infer/gan", {"json": {"z": [[0.0] * 100] * 2, "label": [1]}}, "bad_shape"),
     ("/infer/cnn", {"json": [ZERO_IMAGE]}, "invalid_input"),
 ]
 

@@ -62,7 +62,10 @@ def test_model_metadata_matches_the_stored_spec(server, smoke_store, client, mod
     graph = graphs[{"vae-decoder": "decoder.onnx", "vae-encoder": "encoder.onnx"}.get(model, "model.onnx")]
     assert [(t["name"], t["shape"]) for t in metadata["inputs"]] == [(t["name"], t["shape"]) for t in graph["inputs"]]
     assert [(t["name"], t["shape"]) for t in metadata["outputs"]] == [(t["name"], t["shape"]) for t in graph["outputs"]]
-    assert {t["datatype"] for t in metadata["inputs"] + metadata["outputs"]} == {"FP32"}
+    datatypes = {"float32": "FP32", "int64": "INT64"}  # the gan's `label` is INT64
+    assert [t["datatype"] for t in metadata["inputs"] + metadata["outputs"]] == [
+        datatypes[t["dtype"]] for t in graph["inputs"] + graph["outputs"]
+    ]
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
@@ -82,12 +85,26 @@ def test_sentiment_takes_text(server, client, binary):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)  # smoke models: no claim about quality
 
 
-@pytest.mark.parametrize(("model", "latent"), [("gan", GAN_LATENT), ("vae-decoder", VAE_LATENT)])
-def test_generators_equal_the_native_endpoint(server, client, model, latent):
-    z = np.random.default_rng(5).standard_normal((3, latent), dtype=np.float32)
-    pictures = infer(client, model, "z", z, binary=True).as_numpy("image")
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_conditional_gan_takes_z_and_label(server, client, binary):
+    z = np.random.default_rng(5).standard_normal((3, GAN_LATENT), dtype=np.float32)
+    labels = np.array([7, 0, 7], dtype=np.int64)
+    tensors = [triton.InferInput("z", list(z.shape), "FP32"), triton.InferInput("label", [3], "INT64")]
+    tensors[0].set_data_from_numpy(z, binary_data=binary)
+    tensors[1].set_data_from_numpy(labels, binary_data=binary)
+    pictures = client.infer("gan", tensors).as_numpy("image")
     assert pictures.shape == (3, 1, 28, 28)
-    np.testing.assert_allclose(pictures, native(server, model, {"z": z.tolist()}, "image"), atol=1e-5)
+    np.testing.assert_allclose(pictures, native(server, "gan", {"z": z.tolist(), "label": labels.tolist()}, "image"), atol=1e-5)
+    assert not np.allclose(pictures[0], native(server, "gan", {"z": z[:1].tolist(), "label": [1]}, "image")[0])
+    with pytest.raises(InferenceServerException, match="label"):
+        client.infer("gan", tensors[:1])  # z alone: the label is missing
+
+
+def test_vae_decoder_equals_the_native_endpoint(server, client):
+    z = np.random.default_rng(5).standard_normal((3, VAE_LATENT), dtype=np.float32)
+    pictures = infer(client, "vae-decoder", "z", z, binary=True).as_numpy("image")
+    assert pictures.shape == (3, 1, 28, 28)
+    np.testing.assert_allclose(pictures, native(server, "vae-decoder", {"z": z.tolist()}, "image"), atol=1e-5)
 
 
 def test_one_output_of_several_can_be_asked_for(server, client):
