@@ -167,12 +167,13 @@ class ServiceUser(HttpUser):
         texts = random.sample(TEXTS, random.randint(1, min(4, len(TEXTS))))
         self.call("POST", "/sentiment", "/sentiment", "results", json={"texts": texts})
 
-    def generated(self, path: str):
+    def generated(self, path: str, **extra):
         body = {"n": random.randint(1, 16), "seed": random.randrange(2**63), "format": random.choice(["png", "base64"])}
+        body.update({k: v for k, v in extra.items() if v is not None})  # the gan's label: one digit for all, or none
         self.call("POST", path, path, None if body["format"] == "png" else "images", json=body)
 
     def gan_generate(self):
-        self.generated("/gan/generate")
+        self.generated("/gan/generate", label=random.choice([None, random.randrange(10)]))
 
     def vae_sample(self):
         self.generated("/vae/sample")

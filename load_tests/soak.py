@@ -68,6 +68,7 @@ def requests_mix():
         ("classify image", "post", "/classify/image", {"files": {"image": ("d.png", upload, "image/png")}}, 200),
         ("sentiment", "post", "/sentiment", {"json": {"texts": ["质量很好，非常满意", "太差了"]}}, 200),
         ("gan", "post", "/gan/generate", {"json": {"n": 8, "seed": 1}}, 200),
+        ("gan label", "post", "/gan/generate", {"json": {"n": 4, "seed": 3, "label": [1, 2, 3, 4]}}, 200),
         ("vae sample", "post", "/vae/sample", {"json": {"n": 4, "seed": 2, "format": "base64"}}, 200),
         ("vae reconstruct", "post", "/vae/reconstruct", {"files": {"image": ("d.png", upload, "image/png")}}, 200),
         ("vae interpolate", "post", "/vae/interpolate", {"json": {"seed_a": 1, "seed_b": 2, "steps": 6}}, 200),
@@ -75,6 +76,7 @@ def requests_mix():
         ("models", "get", "/models", {}, 200),
         ("bad shape", "post", "/classify", {"json": {"images": [[1, 2]]}}, 400),
         ("bad image", "post", "/classify/image", {"files": {"image": ("x.png", b"not an image", "image/png")}}, 400),
+        ("bad label", "post", "/gan/generate", {"json": {"n": 2, "label": 10}}, 400),
         ("bad json", "post", "/sentiment", {"data": b'{"texts": [', "headers": {"content-type": "application/json"}}, 400),
         ("nan", "post", "/infer/cnn", {"data": '{"image": [[%s]]}' % json.dumps([[float("nan")] * 28] * 28), "headers": {"content-type": "application/json"}}, 400),
     ]

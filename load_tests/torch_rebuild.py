@@ -59,7 +59,10 @@ def architecture(name: str, filename: str, metadata: dict) -> nn.Module:
             hidden_size=int(training.get("hidden_size", 64)),
         )
     if name == "gan":
-        return Generator(int(preprocessing.get("latent_size", 100)))
+        graph = next(g for g in metadata["spec"]["graphs"] if g["filename"] == filename)
+        if not any(t["kind"] == "class_index" for t in graph["inputs"]):
+            raise RebuildError("this gan takes no label: it is the unconditional generator stored before issue 13, and models/gan.py is the conditional one")
+        return Generator(int(preprocessing.get("latent_size", 100)), classes=len(metadata["spec"]["labels"]))
     if name == "vae":
         latent = int(preprocessing.get("latent_size", 16))
         return {"encoder.onnx": VAEEncoder(latent), "decoder.onnx": VAEDecoder(latent)}[filename]

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from export import pipeline, store, verify
+from load_tests import torch_rebuild
 from export.onnx_export import ExportError, check_graph, export_graph, random_inputs, verify_parity
 from export.recipe import TrainOptions
 from conftest import any_quality
@@ -265,7 +266,13 @@ def test_stored_gan_reports_both_judges_the_asked_digits_and_the_frechet_distanc
     with np.load(bentoml.models.get(gan.tag).path_of("eval.npz")) as data:
         assert np.array_equal(np.bincount(data["label_per_class"]), np.full(10, 100))
         assert set(np.unique(data["label"])) == set(range(10)) and data["z"].shape == (1000, GAN_LATENT)
+        feeds = {"z": data["z"][:32], "label": data["label"][:32]}
     assert verify.check("gan") == []
+    # the benchmark's PyTorch twin: the conditional Generator, rebuilt from the stored graph
+    stored = bentoml.models.get(gan.tag)
+    module = torch_rebuild.rebuild("gan", "model.onnx", stored.path, stored.info.metadata)
+    session = ort.InferenceSession(stored.path_of("model.onnx"), providers=["CPUExecutionProvider"])
+    assert torch_rebuild.parity(module, session, feeds) <= 1e-4
 
 
 # --- sentiment: right-padding ------------------------------------------------------------

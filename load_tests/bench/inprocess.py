@@ -71,7 +71,11 @@ def model_inputs(store: Store, name: str, filename: str, batch: int) -> dict:
         return {first["name"]: store.eval_arrays(source)["x"][:batch]}
     if first["kind"] == "normal":
         rng = np.random.default_rng(batch)
-        return {first["name"]: rng.standard_normal((batch, first["shape"][1]), dtype=np.float32)}
+        feeds = {first["name"]: rng.standard_normal((batch, first["shape"][1]), dtype=np.float32)}
+        for t in graph["inputs"][1:]:  # a conditional generator's class, drawn after z as the service does
+            if t["kind"] == "class_index":
+                feeds[t["name"]] = rng.integers(0, len(spec["labels"]), batch).astype(np.int64)
+        return feeds
     arrays = store.eval_arrays(name)
     lengths = arrays["lengths"][:batch]
     return {"tokens": np.ascontiguousarray(arrays["tokens"][:batch, : int(lengths.max())]), "lengths": lengths}
@@ -184,6 +188,11 @@ def endpoint_references(store: Store, payloads: Payloads, sessions: dict) -> dic
     calls["sentiment|prep"] = lambda: encode_batch([payloads.review], vocab, text_pre)
     calls["sentiment|model"] = lambda: sentiment.run(None, {"tokens": tokens, "lengths": lengths})
     latent = int(store.metadata(generator)["spec"]["preprocessing"].get("latent_size", 100))
-    z = np.random.default_rng(payloads.gan_seed).standard_normal((1, latent), dtype=np.float32)
-    calls["gan|model"] = lambda: gan.run(None, {"z": z})
+    rng = np.random.default_rng(payloads.gan_seed)  # as /gan/generate draws them: z, then the label
+    gan_feeds = {"z": rng.standard_normal((1, latent), dtype=np.float32)}
+    gan_graph = next(g for g in store.metadata(generator)["spec"]["graphs"] if g["filename"] == served_graph(SPECS[generator]))
+    for t in gan_graph["inputs"]:
+        if t["kind"] == "class_index":
+            gan_feeds[t["name"]] = rng.integers(0, len(SPECS[generator].labels), 1).astype(np.int64)
+    calls["gan|model"] = lambda: gan.run(None, gan_feeds)
     return calls
