@@ -22,7 +22,7 @@ from modelspec import SPECS
 from models.fashion import FashionCNN
 
 EPOCHS = {"smoke": 1, "quick": 8, "full": 20}
-SMOKE_TRAIN, SMOKE_TEST = 2000, 1000  # the smoke profile: seconds, not accuracy
+SMOKE_TRAIN, SMOKE_TEST = 1000, 500  # the smoke profile: seconds, not accuracy
 MAX_LR = 6e-3
 WEIGHT_DECAY = 5e-4
 
