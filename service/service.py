@@ -69,9 +69,10 @@ patches.harden_bentoml()  # before the APIs below are declared: pydantic keeps t
 patches.trim_middlewares()
 
 
-def describe(entry, figures: dict) -> dict:
+def describe(entry, figures: dict | None = None) -> dict:
     """A served model: its default version's metadata, and every loaded version with its role,
-    traffic share, sha256, quality metrics and request figures."""
+    traffic share, sha256, quality metrics and (with `figures`, summed over the workers from
+    the metrics files: too slow to read for every model of a listing) its request figures."""
     state = entry.state
     versions = []
     for version, served in entry.versions.items():
@@ -82,7 +83,7 @@ def describe(entry, figures: dict) -> dict:
             "traffic_share": state.share(version),
             "sha256": {name: info["sha256"] for name, info in md.get("onnx_files", {}).items()},
             "metrics": md.get("metrics", {}),
-            **stats.summary(figures.get((entry.name, version), {})),
+            **(stats.summary(figures.get((entry.name, version), {})) if figures is not None else {}),
         })
     return {**entry.default.loaded.describe(), "tensor_views": list(entry.default.views), "versions": versions}
 
@@ -100,8 +101,8 @@ def generation_classes(served, label, n: int, rng: np.random.Generator) -> np.nd
 
 
 async def list_models(request: Request) -> JSONResponse:
-    registry, figures = bentoml.get_current_service().registry, stats.collect()
-    return JSONResponse({"models": [describe(entry, figures) for entry in registry.entries.values()]})
+    registry = bentoml.get_current_service().registry
+    return JSONResponse({"models": [describe(entry) for entry in registry.entries.values()]})
 
 
 async def one_model(request: Request) -> JSONResponse:
