@@ -21,8 +21,8 @@ from export.recipe import Trained, TrainOptions, seed_everything, torch_threads
 from modelspec import SPECS
 from models.fashion import FashionCNN
 
-EPOCHS = {"smoke": 1, "quick": 6, "full": 15}
-SMOKE_TRAIN, SMOKE_TEST = 2000, 1000  # the smoke profile: seconds, not accuracy
+EPOCHS = {"smoke": 1, "quick": 8, "full": 20}
+SMOKE_TRAIN, SMOKE_TEST = 1000, 500  # the smoke profile: seconds, not accuracy
 MAX_LR = 6e-3
 WEIGHT_DECAY = 5e-4
 

@@ -89,8 +89,10 @@ ERROR_CODES = {
 }
 
 
-def rewritten(start: dict, body: bytes, refusal: ClientError | None) -> tuple[dict, bytes]:
-    """An error answer in the service's one shape (unchanged if it has it already)."""
+def rewritten(start: dict, body: bytes, refusal: ClientError | None, path: str = "") -> tuple[dict, bytes]:
+    """An error answer in the service's one shape (unchanged if it has it already). A request
+    the schema refused (pydantic's items: only an API's route gets them) is counted as a client
+    mistake of that API, like the ones its own checks refuse."""
     status = start["status"]
     if refusal is not None and 400 <= status < 500:
         new = refusal.body()
@@ -99,6 +101,8 @@ def rewritten(start: dict, body: bytes, refusal: ClientError | None) -> tuple[di
         new = normalized_error(status, body, headers_of(start).get(b"content-type", b"").decode("latin-1"))
         if new is None:
             return start, body
+        if status == 400 and "errors" in new:
+            metrics.REJECTED.labels(endpoint=path.strip("/").replace("/", "_"), model="", version="", reason=new["error"]).inc()
     return _with_body(start, status, new)
 
 

@@ -341,8 +341,10 @@ class Guard:
                 start, body = state.held, b"".join(state.held_body)
                 state.held, state.held_body = None, []
                 if not message.get("more_body", False):
-                    rewrite = protocol_error if state.protocol_errors else rewritten
-                    start, body = rewrite(start, body, refusals[0] if refusals else None)
+                    if state.protocol_errors:
+                        start, body = protocol_error(start, body, refusals[0] if refusals else None)
+                    else:
+                        start, body = rewritten(start, body, refusals[0] if refusals else None, scope.get("path", ""))
                 state.sent = True
                 await send(start)
                 return await send({"type": "http.response.body", "body": body, "more_body": message.get("more_body", False)})

@@ -69,9 +69,10 @@ patches.harden_bentoml()  # before the APIs below are declared: pydantic keeps t
 patches.trim_middlewares()
 
 
-def describe(entry, figures: dict) -> dict:
+def describe(entry, figures: dict | None = None) -> dict:
     """A served model: its default version's metadata, and every loaded version with its role,
-    traffic share, sha256, quality metrics and request figures."""
+    traffic share, sha256, quality metrics and (with `figures`, summed over the workers from
+    the metrics files: too slow to read for every model of a listing) its request figures."""
     state = entry.state
     versions = []
     for version, served in entry.versions.items():
@@ -82,14 +83,26 @@ def describe(entry, figures: dict) -> dict:
             "traffic_share": state.share(version),
             "sha256": {name: info["sha256"] for name, info in md.get("onnx_files", {}).items()},
             "metrics": md.get("metrics", {}),
-            **stats.summary(figures.get((entry.name, version), {})),
+            **(stats.summary(figures.get((entry.name, version), {})) if figures is not None else {}),
         })
     return {**entry.default.loaded.describe(), "tensor_views": list(entry.default.views), "versions": versions}
 
 
+def generation_classes(served, label, n: int, rng: np.random.Generator) -> np.ndarray | None:
+    """The classes a generator is asked for: `label`, or drawn from the seeded generator (after
+    the latents, so a seed gives the same images as before) for a conditional graph; None for
+    an unconditional one, which refuses a label."""
+    classes = inputs.class_labels(label, n, served.spec.labels)
+    if not served.conditional:
+        if classes is not None:
+            raise ClientError("label", f"{served.name} is not a conditional generator: it takes no label", "not_conditional")
+        return None
+    return classes if classes is not None else rng.integers(0, len(served.spec.labels), n)
+
+
 async def list_models(request: Request) -> JSONResponse:
-    registry, figures = bentoml.get_current_service().registry, stats.collect()
-    return JSONResponse({"models": [describe(entry, figures) for entry in registry.entries.values()]})
+    registry = bentoml.get_current_service().registry
+    return JSONResponse({"models": [describe(entry) for entry in registry.entries.values()]})
 
 
 async def one_model(request: Request) -> JSONResponse:
@@ -245,25 +258,22 @@ class ModelServe:
 
     # Image generation.
 
-    async def _generated(self, route: ModelRoute, method: str, n: int, seed: int | None, output: str, label=None):
+    async def _generated(self, route: ModelRoute, n: int, seed: int | None, output: str, label=None):
+        """Images from latents drawn from `seed`: a generator's (with classes, for a conditional
+        one), or a variational autoencoder's decoder's."""
         if seed is None:
             seed = secrets.randbits(63)
         rng = inputs.generation(n, seed)
         served = route.primary
         z = rng.standard_normal((n, served.latent.shape[1]), dtype=np.float32)
         about = {"model": route.model, "version": served.version, "seed": seed}
-        if method == "generate":
-            classes = inputs.class_labels(label, n, served.spec.labels)
-            if classes is not None and not served.conditional:
-                raise ClientError("label", f"{route.model} is not a conditional generator: it takes no label", "not_conditional")
-            if served.conditional and classes is None:
-                classes = rng.integers(0, len(served.spec.labels), n)
-            args = (z, classes)
+        if served.task == IMAGE_GENERATION:
+            classes = generation_classes(served, label, n, rng)
+            pictures = (await route.call("generate", z, classes))["images"]
+            if classes is not None:
+                about["labels"] = [served.spec.labels[i] for i in classes]
         else:
-            args = (z,)
-        pictures = (await route.call(method, *args))["images"]
-        if method == "generate" and served.conditional:
-            about["labels"] = [served.spec.labels[i] for i in args[1]]
+            pictures = (await route.call("decode", z))["images"]
         answer = images.answer(pictures, output, about)
         return route.answer(answer if isinstance(answer, Response) else JSONResponse(answer))
 
@@ -280,7 +290,7 @@ class ModelServe:
     ) -> dict:
         """`n` generated images from `seed` (same seed, same images): a PNG grid, or JSON with
         base64 PNGs or arrays. Without a seed, a random one is drawn and reported."""
-        return await self._generated(self.route(ctx, model, IMAGE_GENERATION), "generate", n, seed, format, label)
+        return await self._generated(self.route(ctx, model, IMAGE_GENERATION), n, seed, format, label)
 
     # The variational autoencoder.
 
@@ -295,7 +305,7 @@ class ModelServe:
         model: str = Field(DEFAULT_MODEL[AUTOENCODER], description="A variational-autoencoder model (GET /models)"),
     ) -> dict:
         """`n` images decoded from the prior, like /gan/generate."""
-        return await self._generated(self.route(ctx, model, AUTOENCODER), "decode", n, seed, format)
+        return await self._generated(self.route(ctx, model, AUTOENCODER), n, seed, format)
 
     @bentoml.api(route="/vae/reconstruct")
     @answers_client_errors(DEFAULT_MODEL[AUTOENCODER])

@@ -177,7 +177,7 @@ def test_drawn_digits_are_read_by_every_image_classifier(visit):
         for name, model in classifiers.items():
             card = page.locator(f'.classifier[data-model="{name}"]')
             assert card.locator(".label").inner_text() in model["labels"]
-            expect(card.locator(".bar")).to_have_count(3)
+            expect(card.locator(".bar")).to_have_count(min(3, len(model["labels"])))  # top 3, or every class
             assert card.locator(".served").inner_text().startswith(f"version {model['version']} · ")
             assert card.locator(".served").inner_text().endswith(" ms")
 

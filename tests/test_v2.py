@@ -138,6 +138,8 @@ def test_client_mistakes_get_v2_errors(server, client):
         ({"inputs": [{**image, "parameters": [1]}]}, "parameters"),
         ({"inputs": [image], "outputs": {"name": "logits"}}, "outputs"),
         ({"inputs": [{**image, "data": [10**400] * 784}]}, "FP32 numbers"),
+        ({"inputs": [{**image, "shape": [2**40, 2**40, 2**40, 2**40], "data": []}]}, "does not match"),
+        ({"inputs": [{**image, "shape": [2**62, 1, 28, 28], "data": []}]}, "values"),
         ({"inputs": [{**image, "name": "pixels"}]}, "takes inputs"),
         ({"inputs": [{**image, "data": ["a"] * 784}]}, "FP32 numbers"),
         ({"inputs": [{**image, "shape": [65, 1, 28, 28], "data": [0.0] * 784 * 65}]}, "limit"),
@@ -150,6 +152,8 @@ def test_client_mistakes_get_v2_errors(server, client):
         assert set(response.json()) == {"error"}
         assert message in response.json()["error"]
     assert post({"inputs": [image]}, model="nope").status_code == 404
+    unknown_route = requests.get(f"{server}/v2/nope/at/all", timeout=TIMEOUT)
+    assert unknown_route.status_code == 404 and set(unknown_route.json()) == {"error"}, "the protocol's error shape on every /v2 route"
     for headers in ({"Inference-Header-Content-Length": "99999"}, {"Inference-Header-Content-Length": "x"}):
         response = requests.post(f"{server}/v2/models/cnn/infer", data=b'{"inputs": []}', headers=headers, timeout=TIMEOUT)
         assert response.status_code == 400 and "Inference-Header-Content-Length" in response.json()["error"]
