@@ -8,7 +8,8 @@ names, with two rewrites by the exporter that this undoes:
   batch norm becomes an exact pass-through that adds that bias (mean 0, variance 1 - eps,
   scale 1), so eager PyTorch still runs the same layers it ran in training;
 - an LSTM's input weights and both biases are stored in ONNX gate order (i, o, f, c) as LSTM
-  node inputs; PyTorch wants (i, f, g, o).
+  node inputs; PyTorch wants (i, f, g, o);
+- a layer the exported forward does not use is left out of the graph: the module keeps its own.
 
 `parity` compares a rebuilt module with ONNX Runtime on the same inputs; the benchmark runs it
 for every module it times and leaves out the PyTorch figures of one that differs, so a wrong
@@ -118,6 +119,7 @@ def load_from_onnx(module: nn.Module, path: str) -> nn.Module:
     state = module.state_dict()
     filled: set[str] = set()
     pending_bias: list[tuple[str, np.ndarray]] = []  # folded conv biases waiting for their batch norm
+    unused: set[str] = set()
 
     def put(key: str, value: np.ndarray) -> None:
         state[key] = _tensor(value, state[key].shape, key)
@@ -127,6 +129,11 @@ def load_from_onnx(module: nn.Module, path: str) -> nn.Module:
     for name, sub in module.named_modules():
         prefix = f"{name}." if name else ""
         if isinstance(sub, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
+            if prefix + "weight" not in weights and not any(n.startswith(prefix) for n in weights):
+                # A layer the exported forward never reaches (the vae encoder's stage-one logvar
+                # head): the exporter drops it, and it cannot change what parity compares.
+                unused.update(k for k in state if k.startswith(prefix))
+                continue
             put(prefix + "weight", weights[prefix + "weight"])
             if getattr(sub, "bias", None) is not None:
                 put(prefix + "bias", weights[prefix + "bias"])
@@ -157,7 +164,7 @@ def load_from_onnx(module: nn.Module, path: str) -> nn.Module:
             put(prefix + "bias_hh_l0", _reorder_gates(b[4 * hidden :], hidden))
     if pending_bias:
         raise RebuildError(f"folded biases without a batch norm: {[k for k, _ in pending_bias]}")
-    missing = sorted(set(state) - filled)
+    missing = sorted(set(state) - filled - unused)
     if missing:
         raise RebuildError(f"not filled from the graph: {missing}")
     module.load_state_dict(state, strict=True)
