@@ -218,14 +218,14 @@ def parse_idx(path: str, raw: bytes, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
-def load_idx(folder: str) -> ImageDataset:
-    """MNIST-style IDX files (each optionally gzipped): the train pair, plus the t10k pair when
+def load_idx(folder: str, pairs: tuple[tuple[str, str], ...] = IDX_PAIRS) -> ImageDataset:
+    """MNIST-style IDX files (each optionally gzipped): the first pair, plus the next when
     present, combined into one dataset. Classes are the sorted distinct labels, as strings.
     sha256 is over the decompressed IDX bytes, so gzipping does not change it."""
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: not a folder")
     images, labels, hashed = [], [], []
-    for images_name, labels_name in IDX_PAIRS:
+    for images_name, labels_name in pairs:
         images_path, labels_path = find_idx_file(folder, images_name), find_idx_file(folder, labels_name)
         if images_path is None and labels_path is None and images:
             continue

@@ -2,7 +2,8 @@
 inputs by its stored preprocessing, for an accuracy measured with ONNX Runtime.
 
 SOURCE is an image folder (one sub-folder per class, named like the labels) or a folder of
-MNIST-style IDX files (label value v is output v); `folder:` and `idx:` prefixes are accepted.
+MNIST-style IDX files (label value v is output v: the t10k pair, or the train pair when there is
+no t10k one); `folder:` and `idx:` prefixes are accepted.
 """
 
 from __future__ import annotations
@@ -49,8 +50,12 @@ def folder_images(folder: str, labels: tuple[str, ...]):
 
 
 def idx_images(folder: str, width: int):
+    """The t10k pair when the folder holds it (a model is judged on its test images, not on the
+    60,000 it may have been trained on), else the train pair."""
+    test_pair = IDX_PAIRS[1]
+    pairs = (test_pair,) if find_idx_file(folder, test_pair[0]) or find_idx_file(folder, test_pair[1]) else IDX_PAIRS[:1]
     try:
-        dataset = load_idx(folder)
+        dataset = load_idx(folder, pairs)
     except DataError as e:
         raise ImportRefused(f"--eval: {e}") from None
     values = np.array([int(c) for c in dataset.classes])[dataset.labels]

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 
+from service import ui
 from service.errors import ClientError, headers_of, parser_refusals, protocol_error, rewritten
 
 logger = logging.getLogger("modelserve.guard")
@@ -47,8 +48,8 @@ ADMIN_PREFIXES = ("/admin/", "/v2/repository/")
 # The API documentation: the OpenAPI page, its assets and documents; and the demo page's own
 # files (service/ui.py: its API calls need the key). They hold no secret, and a browser cannot
 # send a bearer key with a page load.
-DOCS_PATHS = frozenset({"/", "/docs.json", "/schema.json", "/ui"})
-DOCS_PREFIXES = ("/static_content/", "/assets/", "/ui/")
+DOCS_PATHS = frozenset({"/", "/docs.json", "/schema.json", ui.PATH})
+DOCS_PREFIXES = ("/static_content/", "/assets/", ui.PREFIX)
 # Open Inference Protocol routes (/v2...) answer errors as {"error": message}, as that protocol
 # says: the guard leaves their error bodies alone (its own refusals there have "error" too).
 

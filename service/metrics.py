@@ -42,7 +42,7 @@ QUEUE_SECONDS = Histogram(
 )
 SHADOW_RUNS = Counter(
     "modelserve_shadow_runs",
-    "Requests copied to a shadow version after the answer: agree (same top labels; for tensors, same shapes), disagree, error",
+    "Requests copied to a shadow version after the answer: agree (same top labels; for tensors, same shapes), disagree, error, skipped (the shadow fell behind)",
     ["model", "primary", "shadow", "result"],
 )
 SHADOW_DIFF = Histogram(

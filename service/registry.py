@@ -28,6 +28,9 @@ from service.runtime import ModelLoadError, load_stored, stored_models
 from service.tasks import LABELLED_KINDS, ServedModel, TensorView, retire, serve
 
 VERSION_HEADER = "x-model-version"
+# Shadow copies running or queued in this worker; past the limit new copies are skipped (counted).
+MAX_SHADOW_PENDING = 64
+SHADOW_TASKS: set = set()
 REQUEST_KEY_HEADER = "x-request-key"
 STATE_KEYS = ("default", "canary", "shadow", "loaded")
 
@@ -138,12 +141,22 @@ class Route:
         return {"X-Model-Version": self.primary.version}
 
     def answer(self, response):
-        """The response with the version header, and the shadow run to follow it."""
+        """The response with the version header, and the shadow run to follow it: started once
+        the answer is sent, and detached, so the request's slot in the guard is free at once."""
         response.headers.update(self.headers)
         if self._shadow_call is not None:
-            response.background = BackgroundTask(self._run_shadow, *self._shadow_call)
+            response.background = BackgroundTask(self._start_shadow, *self._shadow_call)
             self._shadow_call = None
         return response
+
+    async def _start_shadow(self, method: str, args: tuple, expected: dict) -> None:
+        labels = {"model": self.model, "primary": self.primary.version, "shadow": self.shadow.version}
+        if len(SHADOW_TASKS) >= MAX_SHADOW_PENDING:  # the shadow falls behind: drop copies, never the answers
+            metrics.SHADOW_RUNS.labels(**labels, result="skipped").inc()
+            return
+        task = asyncio.ensure_future(self._run_shadow(method, args, expected))
+        SHADOW_TASKS.add(task)
+        task.add_done_callback(SHADOW_TASKS.discard)
 
     async def _run_shadow(self, method: str, args: tuple, expected: dict) -> None:
         shadow = self.shadow

@@ -40,8 +40,3 @@ async def static(request: Request) -> Response:
 
 
 routes = [Route(PATH, index), Route(PREFIX, index), Route(PREFIX + "{name}", static)]
-
-
-def is_page(path: str) -> bool:
-    """The page's own paths (no secret in them: the guard asks no key for them)."""
-    return path == PATH or path.startswith(PREFIX)

@@ -158,6 +158,21 @@ def test_import_with_idx_eval_maps_label_values_to_outputs(tmp_path):
     assert metrics["accuracy"] == pytest.approx(0.75) and metrics["per_class_accuracy"] == {"dark": 1.0, "bright": 2 / 3}
 
 
+
+def test_idx_eval_uses_the_t10k_pair_when_there_is_one(tmp_path):
+    """A folder of all four files (Debian's, say): the model is judged on the test images only."""
+    path = write_tiny_classifier(tmp_path / "grey.onnx", channels=1, size=(28, 28), classes=2)
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    dark_and_bright = np.repeat(np.array([0, 255], dtype=np.uint8), 2)[:, None, None] * np.ones((1, 28, 28), np.uint8)
+    idx_file(folder / "train-images-idx3-ubyte", np.concatenate([dark_and_bright] * 5))
+    idx_file(folder / "train-labels-idx1-ubyte", np.zeros(20))  # all wrong for the bright ones
+    idx_file(folder / "t10k-images-idx3-ubyte", dark_and_bright)
+    idx_file(folder / "t10k-labels-idx1-ubyte", np.array([0, 0, 1, 1]))
+    assert run_import(path, "--name", "grey-t10k", "--task", "image-classification", "--labels", "dark,bright", "--eval", folder) == 0
+    metadata = bentoml.models.get("grey-t10k:latest").info.metadata
+    assert metadata["metrics"]["accuracy"] == 1.0 and metadata["dataset"]["sizes"]["test"] == 4
+
 def test_fixed_batch_is_refused_without_the_flag_and_recorded_with_it(tmp_path, capsys):
     path = write_tiny_classifier(tmp_path / "fixed.onnx", batch=1)
     assert run_import(path, "--name", "fixed", "--task", "image-classification") == 1
