@@ -182,4 +182,7 @@ def main(argv: list[str]) -> int:
     md = store.latest(args.name).info.metadata
     accuracy = md["metrics"].get("accuracy")
     print(f"stored {tag}" + (f": accuracy {accuracy:.4f} on {md['metrics']['n']} images" if accuracy is not None else ""))
+    from export import report
+
+    print(f"report: {report.models_report()}")
     return 0

@@ -92,8 +92,46 @@ def generator_details(name: str, m: dict) -> list[str]:
     return lines
 
 
+def imported_section() -> list[str]:
+    """The models `python -m export import` stored: their source file, signature, preprocessing and
+    the accuracy measured by --eval (if it was given)."""
+    names = store.imported_names()
+    if not names:
+        return []
+    lines = [
+        "",
+        "## Imported models",
+        "",
+        "Stored by `python -m export import`: the user's ONNX file, byte for byte.",
+        "",
+        "| model | version | task | source file (sha256) | inputs -> outputs | preprocessing | metric |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        model = store.latest(name)
+        md = model.info.metadata
+        source = md["imported_from"]
+        graph = md["spec"]["graphs"][0]
+        signature = ", ".join(f"{t['name']} {t['dtype']} {t['shape']}" for t in graph["inputs"]) + " -> " + ", ".join(
+            f"{t['name']} {t['dtype']} {t['shape']}" for t in graph["outputs"]
+        )
+        preprocessing = ", ".join(f"{k}={v}" for k, v in md["spec"]["preprocessing"].items()) or "-"
+        metrics = md.get("metrics", {})
+        metric = (
+            f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} images of {md['dataset']['name']}"
+            if "accuracy" in metrics
+            else "not measured (imported without --eval)"
+        )
+        lines.append(
+            f"| {name} | {model.tag.version} | {md['spec']['task']} | {source['file']} ({source['sha256'][:12]}) | "
+            f"{signature} | {preprocessing} | {metric} |"
+        )
+    return lines
+
+
 def models_report() -> str:
-    """reports/models.md: every latest stored model with its metrics, floor and provenance."""
+    """reports/models.md: every latest stored model with its metrics, floor and provenance, then
+    the imported ones."""
     lines = [
         "# Stored models",
         "",
@@ -148,6 +186,7 @@ def models_report() -> str:
             details += generator_details(name, md["metrics"])
     if details:
         lines += ["", "## Details", "", *details]
+    lines += imported_section()
     path = os.path.join(reports_dir(), "models.md")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

@@ -138,6 +138,9 @@ def test_import_with_eval_measures_accuracy_with_onnx_runtime(tmp_path):
         assert data["x"].shape == (6, 3, 32, 32) and sorted(data["y"].tolist()) == [0, 1, 1, 1, 2, 2]
     assert md["dataset"]["name"] == "folder:colours" and len(md["dataset"]["sha256"]) == 64
     assert verify.check("tiny-eval") == []
+    with open(os.path.join(os.environ["REPORTS_DIR"], "models.md"), encoding="utf-8") as f:
+        rows = [line for line in f.read().split("## Imported models")[1].splitlines() if line.startswith("| tiny-eval |")]
+    assert len(rows) == 1 and "tiny.onnx" in rows[0] and "accuracy 0.8333 on 6 images of folder:colours" in rows[0]
 
 
 def idx_file(path, array: np.ndarray) -> None:
