@@ -13,7 +13,7 @@ import time
 
 from load_tests.bench.common import ROOT, Profile
 from load_tests.bench.inputs import CLASSIFIER, ENDPOINTS, Endpoint, Payloads, Store
-from load_tests.bench.procstat import process_tree_cpu_seconds, process_tree_rss_bytes
+from load_tests.bench.procstat import ServerProcess
 from load_tests.bench.profiling import PROFILE_SECONDS, profile_under_load
 from load_tests.bench.wrk import run_wrk
 
@@ -41,7 +41,7 @@ def get(url: str, timeout: float = 2.0):
     return requests.get(url, timeout=timeout)
 
 
-class Server:
+class Server(ServerProcess):
     """A started server process (bentoml serve, or the naive uvicorn app), in its own session."""
 
     def __init__(self, kind: str, env: dict | None = None, log_dir: str | None = None):
@@ -72,17 +72,6 @@ class Server:
         except BaseException:
             self.stop()
             raise
-
-    def cpu_seconds(self) -> float:
-        return process_tree_cpu_seconds(self.process.pid)
-
-    def rss_bytes(self) -> int:
-        return process_tree_rss_bytes(self.process.pid)
-
-    def stop(self) -> None:
-        from load_tests import server as launcher
-
-        launcher.stop(self.process)
 
 
 def check_endpoint(url: str, path: str, body: bytes, content_type: str) -> str | None:

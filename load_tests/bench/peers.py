@@ -23,7 +23,7 @@ import time
 
 from load_tests import server as launcher
 from load_tests.bench.common import ROOT
-from load_tests.bench.procstat import process_tree_cpu_seconds, process_tree_rss_bytes
+from load_tests.bench.procstat import ServerProcess
 
 PEERS_DIR = os.path.join(ROOT, "load_tests", "peers")
 VENVS = os.path.join(ROOT, ".peers")
@@ -107,7 +107,7 @@ def version_of(peer: Peer) -> str:
     return result.stdout.strip() or "?"
 
 
-class PeerServer:
+class PeerServer(ServerProcess):
     """A peer started in a session of its own, ready when a real request answers 2xx."""
 
     kind = "peer"
@@ -142,15 +142,6 @@ class PeerServer:
             self.stop()
             raise
         self.ready_s = time.perf_counter() - started
-
-    def cpu_seconds(self) -> float:
-        return process_tree_cpu_seconds(self.process.pid)
-
-    def rss_bytes(self) -> int:
-        return process_tree_rss_bytes(self.process.pid)
-
-    def stop(self) -> None:
-        launcher.stop(self.process)
 
 
 def labels_in(answer) -> list[str]:

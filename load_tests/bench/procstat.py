@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -56,3 +57,21 @@ def process_tree_rss_bytes(root: int, proc: str = "/proc") -> int:
         except (OSError, IndexError, ValueError):
             continue
     return total
+
+
+class ServerProcess:
+    """What the benchmark reads of a server it started (`self.process`, in a session of its own):
+    its process tree's CPU seconds and resident memory; and how it stops."""
+
+    process: subprocess.Popen
+
+    def cpu_seconds(self) -> float:
+        return process_tree_cpu_seconds(self.process.pid)
+
+    def rss_bytes(self) -> int:
+        return process_tree_rss_bytes(self.process.pid)
+
+    def stop(self) -> None:
+        from load_tests import server as launcher
+
+        launcher.stop(self.process)
