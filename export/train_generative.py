@@ -33,7 +33,7 @@ VAE_EPOCHS = {"smoke": 1, "quick": 30, "full": 100}
 VAE_BATCH = 64
 VAE_BETA = 1.0  # KL weight; 3 was tried and gave no clear gain (cnn confidence 0.685 after 8 of 30 epochs)
 # Stage two (models/vae.py) is trained by steps on stage one's codes of the training digits.
-# 3,000 steps left it short of fitting them (seed 1: mean cnn confidence 0.79, spread 0.17);
+# In scratch runs, 3,000 steps left it short of fitting them (seed 1: mean cnn confidence 0.79, spread 0.17);
 # 8,000 gave 0.86-0.87 and 0.73-0.78 on seeds 0-2.
 LATENT_STEPS = {"smoke": 20, "quick": 8000, "full": 20000}
 LATENT_BATCH = 256
@@ -140,8 +140,8 @@ def latent_vae_loss(
 ) -> torch.Tensor:
     """Stage two's negative ELBO per code, with a Gaussian decoder of learned variance exp(log_gamma)
     per dimension. Dai & Wipf learn one variance; here stage one leaves some dimensions unused
-    (pure N(0, 1) noise) beside informative ones, and one shared variance stuck at ~0.5-0.75 and
-    lost a digit (seed 2: no 5 among 1,000 samples), which one per dimension did not."""
+    (pure N(0, 1) noise) beside informative ones, and in scratch runs one shared variance stuck at
+    ~0.5-0.75 and lost a digit (seed 2: no 5 among 1,000 samples), which one per dimension did not."""
     mu, logvar = encoder(codes)
     mean = decoder(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar))
     nll = 0.5 * ((codes - mean).pow(2) / log_gamma.exp() + log_gamma).sum(1)
