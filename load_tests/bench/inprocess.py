@@ -60,7 +60,9 @@ INPROCESS_MODELS = [
 QUANT, SOURCE = next((name, spec.floor.relative_to) for name, spec in SPECS.items() if spec.floor.relative_to)
 
 
-def model_inputs(store: Store, name: str, filename: str, batch: int) -> dict:
+def model_inputs(store: Store, name: str, filename: str, batch: int, seed: int | None = None) -> dict:
+    """Inputs of one graph: `batch` rows of its eval arrays, or for a generator latents (and
+    classes) drawn from `seed` (default: `batch`) in the order /gan/generate draws them."""
     import numpy as np
 
     spec = store.metadata(name)["spec"]
@@ -70,7 +72,7 @@ def model_inputs(store: Store, name: str, filename: str, batch: int) -> dict:
         source = SPECS[name].floor.relative_to or name  # a derived model is judged on its source's data
         return {first["name"]: store.eval_arrays(source)["x"][:batch]}
     if first["kind"] == "normal":
-        rng = np.random.default_rng(batch)
+        rng = np.random.default_rng(batch if seed is None else seed)
         feeds = {first["name"]: rng.standard_normal((batch, first["shape"][1]), dtype=np.float32)}
         for t in graph["inputs"][1:]:  # a conditional generator's class, drawn after z as the service does
             if t["kind"] == "class_index":
@@ -163,8 +165,6 @@ def in_process(store: Store, payloads: Payloads, rounds: int) -> dict:
 def endpoint_references(store: Store, payloads: Payloads, sessions: dict) -> dict[str, Callable[[], object]]:
     """{endpoint key + "|model" or "|prep": call}: what the service runs for each request,
     without HTTP. The preprocessing comes from the service's own modules where they import."""
-    import numpy as np
-
     from modelspec.text import encode_batch
 
     classifier, generator, text = DEFAULT_MODEL[IMAGE_CLASSIFICATION], DEFAULT_MODEL[IMAGE_GENERATION], DEFAULT_MODEL[TEXT_CLASSIFICATION]
@@ -187,12 +187,6 @@ def endpoint_references(store: Store, payloads: Payloads, sessions: dict) -> dic
     tokens, lengths = encode_batch([payloads.review], vocab, text_pre)
     calls["sentiment|prep"] = lambda: encode_batch([payloads.review], vocab, text_pre)
     calls["sentiment|model"] = lambda: sentiment.run(None, {"tokens": tokens, "lengths": lengths})
-    latent = int(store.metadata(generator)["spec"]["preprocessing"].get("latent_size", 100))
-    rng = np.random.default_rng(payloads.gan_seed)  # as /gan/generate draws them: z, then the label
-    gan_feeds = {"z": rng.standard_normal((1, latent), dtype=np.float32)}
-    gan_graph = next(g for g in store.metadata(generator)["spec"]["graphs"] if g["filename"] == served_graph(SPECS[generator]))
-    for t in gan_graph["inputs"]:
-        if t["kind"] == "class_index":
-            gan_feeds[t["name"]] = rng.integers(0, len(SPECS[generator].labels), 1).astype(np.int64)
+    gan_feeds = model_inputs(store, generator, served_graph(SPECS[generator]), 1, seed=payloads.gan_seed)
     calls["gan|model"] = lambda: gan.run(None, gan_feeds)
     return calls
