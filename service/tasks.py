@@ -118,6 +118,9 @@ class ServedModel:
         return await self.batchers[self.views[view].graph](feeds)
 
 
+SOFTMAX = object()  # the key of the logits' softmax among a batch's outputs: no output name can equal it
+
+
 class ImageClassifier(ServedModel):
     """Images in [0, 1] (a JSON batch or an upload, made into the model's input by the
     preprocessing stored with it) -> class probabilities."""
@@ -127,7 +130,7 @@ class ImageClassifier(ServedModel):
     def __init__(self, loaded: LoadedModel):
         super().__init__(loaded)
         graph = self.spec.graphs[0]
-        self.input, self.logits = graph.inputs[0], graph.outputs[0].name
+        self.input = graph.inputs[0]
         pre = self.spec.preprocessing
         channels = int(pre.get("channels", graph.inputs[0].shape[1]))
         low, high = pre.get("value_range", [0.0, 1.0])
@@ -136,6 +139,18 @@ class ImageClassifier(ServedModel):
         # pixels in [0, 1] -> model input: onto value_range, then (x - mean) / std, as one scale and shift
         self.scale, self.shift = (high - low) / std, (low - mean) / std
         self.identity = bool(np.all(self.scale == 1) and np.all(self.shift == 0))
+
+    def make_batchers(self) -> dict[str, Batcher]:
+        graph = self.spec.graphs[0]
+        run, logits = self._graph_runner(graph), graph.outputs[0].name
+
+        def run_and_softmax(feeds: dict[str, np.ndarray]) -> Outputs:
+            """Softmax once a batch on the batch thread, not once a request on the event loop."""
+            outputs = run(feeds)
+            outputs[SOFTMAX] = softmax(outputs[logits])
+            return outputs
+
+        return {graph.filename: self._batcher(graph.filename, run_and_softmax)}
 
     def model_input(self, pixels: np.ndarray) -> np.ndarray:
         if self.identity:
@@ -151,10 +166,15 @@ class ImageClassifier(ServedModel):
     async def classify(self, pixels: np.ndarray) -> Outputs:
         batcher, rows = self.batchers[self.spec.graphs[0].filename], self.model_input(pixels)
         if self.max_batch == 1:  # a graph whose batch axis is fixed at 1 takes one image a run
-            logits = np.concatenate([(await batcher({self.input.name: rows[i : i + 1]}))[self.logits] for i in range(len(rows))])
+            probabilities = np.concatenate([(await batcher({self.input.name: rows[i : i + 1]}))[SOFTMAX] for i in range(len(rows))])
         else:
-            logits = (await batcher({self.input.name: rows}))[self.logits]
-        return {"probabilities": softmax(logits)}
+            probabilities = (await batcher({self.input.name: rows}))[SOFTMAX]
+        return {"probabilities": probabilities}
+
+    async def infer(self, view: str, feeds: dict) -> Outputs:
+        outputs = await super().infer(view, feeds)
+        del outputs[SOFTMAX]
+        return outputs
 
     def output_kind(self, output: str) -> str:
         return "probabilities" if output == "probabilities" else super().output_kind(output)

@@ -253,7 +253,7 @@ ZERO_IMAGE = [[0.0] * 28] * 28
 
 CLIENT_MISTAKES = [
     ("/classify", {"data": b'{"images": [[1, 2', "headers": {"content-type": "application/json"}}, None),
-    ("/classify", {"json": {"images": [[1, 2]]}}, "invalid_input"),
+    ("/classify", {"json": {"images": [[1, 2]]}}, "bad_shape"),
     ("/classify", {"json": {"images": [[[1, 2]]]}}, "bad_shape"),
     ("/classify", {"json": {"images": []}}, "empty"),
     ("/classify", {"json": {"images": [ZERO_IMAGE] * 65}}, "too_many_items"),
