@@ -43,3 +43,6 @@ def test_peer_harness_measures_the_service_and_the_plain_bentoml_peer(smoke_stor
     row = next(line for line in report.splitlines() if line.startswith(f"| {peers_run.SERVICE} |"))
     assert f"| {mine['rps_ok']:,.0f} |" in row
     assert os.path.getsize(tmp_path / "bench-peers.png") > 1000
+    noop = next(p for p in data["points"] if p["what"] == "noop")
+    floor = 1000 * (noop["server_cores"] + noop["client_cores"]) / noop["rps_ok"]
+    assert f"`/noop` {floor:.3f} ms" in report  # the ceiling with nothing but the model beside /noop's work

@@ -98,6 +98,7 @@ def write(data: dict, folder: str, prefix: str) -> None:
                              + f", p50 {p['p50_ms']:.2f} ms, server {p['server_cores']:.2f} cores")
         for r in data["inprocess_batch"]:
             lines.append(f"- ONNX Runtime in process, batch {r['rows']}, 1 thread: median {r['median_ms']:.2f} ms = {r['rows_per_s']:,.0f} rows/s")
+        lines += ceiling_lines(data)
         lines.append("")
     lines += profile_lines(data.get("profile"))
     failed = [p for p in data["points"] if "failed" in p]
@@ -105,6 +106,26 @@ def write(data: dict, folder: str, prefix: str) -> None:
         lines += ["## Failed points", ""] + [f"- {p['server']} {p['what']} c={p['concurrency']}: {p['failed'][:300]}" for p in failed] + [""]
     with open(os.path.join(folder, f"{prefix}.md"), "w") as f:
         f.write("\n".join(lines))
+
+
+def cpu_ms_per_request(p: dict) -> float:
+    """Server and wrk CPU per answered request: what bounds c=32 throughput on cores both share."""
+    return 1000 * (p["server_cores"] + p["client_cores"]) / p["rps_ok"]
+
+
+def ceiling_lines(data: dict) -> list[str]:
+    """How close /classify could come to /noop if the service ran nothing but the model."""
+    me = ours(data)
+    noop, classify = point(data, me, "noop", 32), point(data, me, "classify", 32)
+    if not (noop and classify and noop["rps_ok"] and classify["rps_ok"] and data["inprocess_batch"]):
+        return []
+    floor, cost = cpu_ms_per_request(noop), cpu_ms_per_request(classify)
+    model = statistics.median(1000 / r["rows_per_s"] for r in data["inprocess_batch"])
+    return [f"- CPU per answered request at c=32 (server + wrk), {me}: `/noop` {floor:.3f} ms, `/classify` {cost:.3f} ms. "
+            f"ONNX Runtime alone takes {model:.3f} ms a row (in process, batch 64; the server's batches are smaller, so this "
+            f"is a lower bound). With nothing but the model beside `/noop`'s work, `/classify` would reach "
+            f"{floor:.3f} / ({floor:.3f} + {model:.3f}) = {floor / (floor + model):.2f}x of `/noop`; the service's own work "
+            f"beside the model is about {cost - floor - model:.3f} ms a request."]
 
 
 def plot_png(data: dict, folder: str, prefix: str) -> str | None:
