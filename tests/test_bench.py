@@ -169,13 +169,15 @@ def test_summarize_profile_splits_threads_and_counts_innermost_frames():
             f"{loop} 10",  # the event loop waiting
             f"{pool};run ({site}/onnxruntime/capi/session.py:406) 4",
             f"{pool} 4",  # the pool thread waiting for a batch
+            f"run ({common.ROOT}/service/state.py:169) 2",  # the state watcher's thread, not the event loop
             "not a line",
         ]
     )
     summary = profiling.summarize_profile(raw)
-    assert summary["samples"] == 28
+    assert summary["samples"] == 30
     event_loop, batch = summary["threads"]["event loop"], summary["threads"]["batch"]
-    assert list(summary["threads"]) == ["event loop", "batch"]
+    assert list(summary["threads"])[0] == "event loop" and set(summary["threads"]) == {"event loop", "batch", "other"}
+    assert summary["threads"]["other"]["samples"] == 2
     assert (event_loop["samples"], event_loop["waiting"]) == (20, 0.5)
     assert event_loop["layers"] == [
         ("pydantic (request parsing and validation)", 0.6),

@@ -71,17 +71,25 @@ def frame_layer(frame: str) -> str:
 WAITING = ("Runner.run (", "BaseEventLoop.run_forever (", "select (", "_worker (")
 
 
+def thread_kind(frames: list[str]) -> str:
+    """"batch" for the batchers' pool threads, "event loop" for the thread running asyncio,
+    "other" for the rest (the serving-state watcher)."""
+    if any("concurrent/futures/thread.py" in f for f in frames):
+        return "batch"
+    return "event loop" if any("asyncio/runners.py" in f for f in frames) else "other"
+
+
 def summarize_profile(raw: str, top: int = 12) -> dict:
-    """py-spy's raw output ("frame;frame;... count" per line) -> per thread ("event loop", and
-    "batch" for the batchers' pool threads): its samples, the share spent waiting, and the
-    shares of the rest by layer and by function, each sample counted at its innermost frame."""
+    """py-spy's raw output ("frame;frame;... count" per line) -> per kind of thread (see
+    thread_kind): its samples, the share spent waiting, and the shares of the rest by layer and
+    by function, each sample counted at its innermost frame."""
     threads: dict[str, dict] = {}
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         frames, n = stack.split(";"), int(count)
-        name = "batch" if any("concurrent/futures/thread.py" in f for f in frames) else "event loop"
+        name = thread_kind(frames)
         thread = threads.setdefault(name, {"samples": 0, "waiting": 0, "layers": {}, "functions": {}})
         thread["samples"] += n
         leaf = frames[-1]
