@@ -21,17 +21,22 @@ and refuses a file field sent as text (BentoML would download it as a URL); its 
 validator reports a TypeError (a JSON object where a number belongs) as a validation error;
 the OpenAPI document gets the guard's 401, 413, 415, 429 and 504. `forbid_unknown_fields`: a
 field an API does not take is a 400 `unknown_field`, not silently ignored.
+
+Listening (`listen_per_worker`, in the `bentoml serve` process and in each worker): with more
+than one worker, BentoML has every worker accept from one shared socket, and a few keep-alive
+connections (a load balancer's, a benchmark's) can all end up on one worker while the other
+idles. Each worker listens on a socket of its own instead (SO_REUSEPORT), and the kernel spreads
+new connections evenly over them.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from http import HTTPStatus
 
 from service.errors import ClientError, parser_refusals
-
-
 
 
 def tracing_configured() -> bool:
@@ -122,6 +127,73 @@ def trim_middlewares() -> None:
     _TRIMMED = True
 
 
+def _reusable(family: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
+
+
+def own_listener(shared: socket.socket, backlog: int) -> socket.socket:
+    """A listening socket of this worker's own, bound to the shared socket's address, or the
+    shared socket itself when the arbiter listens on it (one worker)."""
+    if shared.family not in (socket.AF_INET, socket.AF_INET6) or shared.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        return shared
+    sock = _reusable(shared.family)
+    sock.bind(shared.getsockname())
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+_PER_WORKER = False
+
+
+def listen_per_worker() -> None:
+    """The arbiter binds the API address without listening on it when it starts more than one
+    worker: the port is held, and a server started on it later still fails with "address in
+    use" (listening sockets are there once workers are up). Each worker's uvicorn is then given
+    a socket of its own on that address (`own_listener`). One worker keeps BentoML's socket, so
+    connections wait in its queue while the worker restarts. Idempotent."""
+    global _PER_WORKER
+    if _PER_WORKER:
+        return
+    import uvicorn
+    from bentoml._internal.utils import circus as bentoml_circus
+    from circus.sockets import CircusSocket
+
+    class BoundNotListening(CircusSocket):
+        def bind_and_listen(self):
+            self.bind((self.host, self.port))
+            self.setblocking(False)
+            self.host, self.port = self.getsockname()[:2]
+
+    create_arbiter = bentoml_circus.create_standalone_arbiter
+
+    def create_standalone_arbiter(watchers, *, sockets=None, **kwargs):
+        def workers(sock):
+            return sum(w.numprocesses for w in watchers if any(f"circus.sockets.{sock.name}" in str(a) for a in w.args or ()))
+
+        kept = []
+        for sock in sockets or ():
+            if not sock.is_unix and sock.socktype == socket.SOCK_STREAM and workers(sock) > 1:
+                bound = BoundNotListening(name=sock.name, host=sock.host, port=sock.port, family=sock.family, backlog=sock.backlog)
+                sock.close()
+                sock = bound
+            kept.append(sock)
+        return create_arbiter(watchers, sockets=kept if sockets is not None else None, **kwargs)
+
+    bentoml_circus.create_standalone_arbiter = create_standalone_arbiter
+
+    serve = uvicorn.Server.serve
+
+    async def serve_on_own_sockets(self, sockets=None):
+        if sockets is not None:
+            sockets = [own_listener(s, self.config.backlog) for s in sockets]
+        return await serve(self, sockets=sockets)
+
+    uvicorn.Server.serve = serve_on_own_sockets
+    _PER_WORKER = True
 
 
 def _refuse(error: ClientError):
@@ -201,7 +273,6 @@ def harden_bentoml() -> None:
         for status in (401, 413, 415, 429, 504):
             openapi.error_responses.setdefault(status, attrs.evolve(bad_request, description=HTTPStatus(status).phrase))
     _HARDENED = True
-
 
 
 def forbid_unknown_fields(service) -> None:

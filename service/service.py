@@ -67,6 +67,7 @@ async def off_the_loop(function, *args):
 check_once()  # a missing, damaged or unloadable model stops `bentoml serve` itself
 patches.harden_bentoml()  # before the APIs below are declared: pydantic keeps the validator it sees
 patches.trim_middlewares()
+patches.listen_per_worker()
 
 
 def describe(entry, figures: dict | None = None) -> dict:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 MIDDLEWARES = """
@@ -71,6 +72,80 @@ def test_every_patched_attribute_is_there():
     fields = {a.name for a in attrs.fields(Service)}
     assert isinstance(Service.__dict__["doc"], property) and {"bento", "description", "apis", "mount_apps"} <= fields, \
         "Service.doc, .bento, .description, .apis, .mount_apps (described_service, route_template)"
+
+
+def test_what_listening_per_worker_relies_on():
+    import inspect
+
+    import uvicorn
+    from _bentoml_impl.server import serving
+    from _bentoml_impl.worker import service as worker
+    from bentoml._internal.utils import circus as bentoml_circus
+    from circus.sockets import CircusSocket
+    from circus.watcher import Watcher
+
+    serve_http = inspect.getsource(serving.serve_http)
+    assert "from bentoml._internal.utils.circus import create_standalone_arbiter" in serve_http, \
+        "serve_http imports create_standalone_arbiter when called (so the patched one is used)"
+    assert "arbiter_kwargs" in serve_http and '"sockets": sockets' in serve_http and "$(circus.sockets.{API_SERVER_NAME})" in serve_http, \
+        "serve_http hands the arbiter its sockets and names the API socket in the worker's args"
+    assert "sockets" in inspect.signature(bentoml_circus.create_standalone_arbiter).parameters or \
+        inspect.getfullargspec(bentoml_circus.create_standalone_arbiter).varkw, "create_standalone_arbiter(watchers, sockets=...)"
+    assert "bind_and_listen" in CircusSocket.__dict__ and {"name", "host", "port", "family", "backlog"} <= set(inspect.signature(CircusSocket).parameters)
+    watcher = Watcher("w", "true", args=["--fd", "$(circus.sockets.api)"], numprocesses=2)
+    assert (watcher.numprocesses, watcher.args) == (2, ["--fd", "$(circus.sockets.api)"]), "Watcher.numprocesses, .args"
+    assert "sockets" in inspect.signature(uvicorn.Server.serve).parameters, "uvicorn.Server.serve(sockets=...)"
+    assert "Server(config).run(sockets=[socket])" in inspect.getsource(worker.main.callback), "the worker runs uvicorn on the socket it was handed"
+
+
+def test_a_worker_listens_on_its_own_socket_unless_the_arbiter_listens():
+    import socket
+
+    from service.patches import own_listener
+
+    with socket.socket() as shared:
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        shared.bind(("127.0.0.1", 0))
+        own = [own_listener(shared, 16) for _ in range(2)]
+        try:
+            assert all(o is not shared and o.getsockname() == shared.getsockname() for o in own)
+            assert all(o.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) for o in own)
+        finally:
+            for o in own:
+                o.close()
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        assert own_listener(listening, 16) is listening
+
+
+def test_connections_are_spread_over_both_workers(server):
+    """The session server runs 2 workers: each listens on a socket of its own, 16 connections
+    reach both (all on one would have odds of 2 in 65,536), and the port stays taken."""
+    import socket
+    from urllib.parse import urlparse
+
+    import psutil
+
+    port = urlparse(server).port
+    on_port = [c for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port]
+    listeners = {c.pid for c in on_port if c.status == psutil.CONN_LISTEN}
+    assert len(listeners) == 2, on_port
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(16)]
+    try:
+        for c in clients:
+            c.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        for c in clients:
+            assert c.recv(64).startswith(b"HTTP/1.1 200")
+        mine = {c.getsockname()[1] for c in clients}
+        serving = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.raddr and c.raddr.port in mine}
+        assert serving == listeners
+    finally:
+        for c in clients:
+            c.close()
+    with socket.socket() as late, pytest.raises(OSError, match="in use"):
+        late.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        late.bind(("127.0.0.1", port))
 
 
 FORBIDDING = """
