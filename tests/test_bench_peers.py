@@ -5,8 +5,12 @@ the report is a real measurement. About 30 s of servers and load (1 s points); w
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
-from load_tests.bench import peers_report, peers_run
+from load_tests.bench import peers_report, peers_run, procstat
 
 
 def test_peer_harness_measures_the_service_and_the_plain_bentoml_peer(smoke_store, tmp_path):
@@ -46,3 +50,35 @@ def test_peer_harness_measures_the_service_and_the_plain_bentoml_peer(smoke_stor
     noop = next(p for p in data["points"] if p["what"] == "noop")
     floor = 1000 * (noop["server_cores"] + noop["client_cores"]) / noop["rps_ok"]
     assert f"`/noop` {floor:.3f} ms" in report  # the ceiling with nothing but the model beside /noop's work
+
+
+def test_a_paused_server_takes_no_cpu_until_resumed():
+    """peers_run pauses every server but the one measured: the whole tree stops (SIGSTOP), a
+    child in a session of its own included, and runs again after."""
+    spin = "import time\nwhile True: time.perf_counter()"
+    parent = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {spin!r}], start_new_session=True)\n{spin}"
+
+    class Spinner(procstat.ServerProcess):
+        def __init__(self):
+            self.process = subprocess.Popen([sys.executable, "-c", parent], start_new_session=True)
+
+    server = Spinner()
+    try:
+        deadline = time.monotonic() + 30
+        while len(procstat.process_tree(server.process.pid, procstat.read_proc_stats())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tree = procstat.process_tree(server.process.pid, procstat.read_proc_stats())
+        assert len(tree) == 2
+        with procstat.paused([server]):
+            assert [procstat.process_state(pid) for pid in tree] == ["T", "T"]
+            before = server.cpu_seconds()
+            time.sleep(0.5)
+            assert server.cpu_seconds() == before
+        before = server.cpu_seconds()
+        time.sleep(0.5)
+        assert server.cpu_seconds() > before + 0.2
+        assert [procstat.process_state(pid) in ("R", "S") for pid in tree] == [True, True]
+    finally:
+        for pid in procstat.process_tree(server.process.pid, procstat.read_proc_stats()):
+            os.kill(pid, signal.SIGKILL)
+        server.process.wait()

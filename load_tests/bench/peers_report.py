@@ -79,7 +79,9 @@ def write(data: dict, folder: str, prefix: str) -> None:
         "## One 28x28 image per request, top-3 labels", "",
         f"Model: the stored `{data['model']['name']}:{data['model']['version']}` ONNX file, one ONNX Runtime thread in every server. "
         "Throughput counts 2xx answers; CPU is user + system time of each server's process tree (/proc) and wrk's (getrusage), in cores; "
-        "\"idle others\" is what the servers not being measured used meanwhile (Ray's daemons mostly). The version of modelserve is the commit.", "",
+        "The servers not being measured are paused (SIGSTOP to their process trees) during each point and the in-process timing: idle, LitServe's and Ray's "
+        "processes took about 0.2 core from whichever server was measured. \"idle others\" is what the paused servers used meanwhile (0.00: the pause held). "
+        "The version of modelserve is the commit.", "",
         table(data), "",
     ]
     if plot:

@@ -23,6 +23,7 @@ from load_tests.bench.inprocess import interleaved_medians, ort_session
 from load_tests.bench.inputs import CLASSIFIER, ENDPOINTS, Store
 from load_tests.bench.profiling import PROFILE_SECONDS, profile_under_load
 from load_tests.bench.peers import PEERS, TRITON, PeerServer, install, labels_in, version_of
+from load_tests.bench.procstat import paused
 from load_tests.bench.wrk import run_wrk
 from modelspec import SPECS
 
@@ -68,13 +69,15 @@ def check_answer(url: str, body: bytes, content_type: str, expected: list[str]) 
 
 
 def measure(servers: dict, label: str, url: str, body_file: str, content_type: str, headers: dict, c: int, args) -> dict:
-    """One load point: an unmeasured warm-up, then the measured run, with CPU and RSS."""
+    """One load point, the other servers paused: an unmeasured warm-up, then the measured run,
+    with CPU and RSS (and what the paused servers used meanwhile: nothing, if the pause held)."""
     server = servers[label]
     others = [s for name, s in servers.items() if name != label and s is not server]
-    run_wrk(url, body_file, content_type, c, args.warmup, headers)
-    cpu0, idle0, t0 = server.cpu_seconds(), sum(s.cpu_seconds() for s in others), time.perf_counter()
-    figures, client_cpu = run_wrk(url, body_file, content_type, c, args.duration, headers)
-    wall = time.perf_counter() - t0
+    with paused(others):
+        run_wrk(url, body_file, content_type, c, args.warmup, headers)
+        cpu0, idle0, t0 = server.cpu_seconds(), sum(s.cpu_seconds() for s in others), time.perf_counter()
+        figures, client_cpu = run_wrk(url, body_file, content_type, c, args.duration, headers)
+        wall = time.perf_counter() - t0
     return {**figures, "client_cores": client_cpu / wall, "server_cores": (server.cpu_seconds() - cpu0) / wall,
             "idle_servers_cores": (sum(s.cpu_seconds() for s in others) - idle0) / wall, "server_rss_mib": server.rss_bytes() / 2**20}
 
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 if c not in series_levels:
                     continue
                 if what == "v2_binary":  # the in-process reference, measured just before
-                    timing = interleaved_medians({"ort": lambda: session.run(None, {"image": rows})}, rounds=100)["ort"]
+                    with paused(list(servers.values())):
+                        timing = interleaved_medians({"ort": lambda: session.run(None, {"image": rows})}, rounds=100)["ort"]
                     data["inprocess_batch"].append({"rows": V2_ROWS, **timing, "rows_per_s": V2_ROWS / (timing["median_ms"] / 1000)})
                 point = {"server": label, "what": what, "concurrency": c, "round": round_, "rows_per_request": V2_ROWS if what == "v2_binary" else 1}
                 try:
@@ -181,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             data["profile"] = {}
             for ep in (ENDPOINTS_BY_KEY["classify"], ENDPOINTS_BY_KEY["noop"]):
                 log(f"profiling {DEFAULT} with py-spy: {ep.path} at c=32 for {PROFILE_SECONDS} s")
-                data["profile"][ep.key] = profile_under_load(servers[DEFAULT], ep, "application/json", files["classify_json"], 32)
+                with paused([s for s in servers.values() if s is not servers[DEFAULT]]):
+                    data["profile"][ep.key] = profile_under_load(servers[DEFAULT], ep, "application/json", files["classify_json"], 32)
             save()
     finally:
         for server in servers.values():
