@@ -127,19 +127,14 @@ def trim_middlewares() -> None:
     _TRIMMED = True
 
 
-def _reusable(family: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    return sock
-
-
 def own_listener(shared: socket.socket, backlog: int) -> socket.socket:
     """A listening socket of this worker's own, bound to the shared socket's address, or the
     shared socket itself when the arbiter listens on it (one worker)."""
     if shared.family not in (socket.AF_INET, socket.AF_INET6) or shared.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         return shared
-    sock = _reusable(shared.family)
+    sock = socket.socket(shared.family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(shared.getsockname())
     sock.listen(backlog)
     sock.setblocking(False)
@@ -170,18 +165,16 @@ def listen_per_worker() -> None:
 
     create_arbiter = bentoml_circus.create_standalone_arbiter
 
-    def create_standalone_arbiter(watchers, *, sockets=None, **kwargs):
-        def workers(sock):
-            return sum(w.numprocesses for w in watchers if any(f"circus.sockets.{sock.name}" in str(a) for a in w.args or ()))
+    def bound_only(sock, watchers):
+        workers = sum(w.numprocesses for w in watchers if any(f"circus.sockets.{sock.name}" in str(a) for a in w.args or ()))
+        if sock.is_unix or sock.socktype != socket.SOCK_STREAM or workers < 2:
+            return sock
+        bound = BoundNotListening(name=sock.name, host=sock.host, port=sock.port, family=sock.family, backlog=sock.backlog)
+        sock.close()
+        return bound
 
-        kept = []
-        for sock in sockets or ():
-            if not sock.is_unix and sock.socktype == socket.SOCK_STREAM and workers(sock) > 1:
-                bound = BoundNotListening(name=sock.name, host=sock.host, port=sock.port, family=sock.family, backlog=sock.backlog)
-                sock.close()
-                sock = bound
-            kept.append(sock)
-        return create_arbiter(watchers, sockets=kept if sockets is not None else None, **kwargs)
+    def create_standalone_arbiter(watchers, *, sockets=None, **kwargs):
+        return create_arbiter(watchers, sockets=sockets and [bound_only(s, watchers) for s in sockets], **kwargs)
 
     bentoml_circus.create_standalone_arbiter = create_standalone_arbiter
 
