@@ -26,7 +26,7 @@ Listening (`listen_per_worker`, in the `bentoml serve` process and in each worke
 than one worker, BentoML has every worker accept from one shared socket, and a few keep-alive
 connections (a load balancer's, a benchmark's) can all end up on one worker while the other
 idles. Each worker listens on a socket of its own instead (SO_REUSEPORT), and the kernel spreads
-new connections evenly over them.
+new connections over them by a hash of each connection.
 """
 
 from __future__ import annotations
