@@ -231,4 +231,3 @@ def test_peer_report_keeps_failures_and_takes_medians_over_rounds(tmp_path):
 
     assert labels_in({"model": "cnn", "predictions": [[{"label": "7", "probability": 0.9}, {"label": "1", "probability": 0.1}]]}) == ["7", "1"]
     assert labels_in({"outputs": [{"name": "labels", "data": ['[{"label": "3", "probability": 1.0}]']}]}) == ["3"]
-
