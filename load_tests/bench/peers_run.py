@@ -68,11 +68,16 @@ def check_answer(url: str, body: bytes, content_type: str, expected: list[str]) 
     return "ok" if got == expected else f"top-3 {got}, in process {expected}"
 
 
+def others_than(servers: dict, label: str) -> list:
+    """Every server but `label`'s (a server listed under two labels counts once, as `label`)."""
+    return [s for name, s in servers.items() if name != label and s is not servers[label]]
+
+
 def measure(servers: dict, label: str, url: str, body_file: str, content_type: str, headers: dict, c: int, args) -> dict:
     """One load point, the other servers paused: an unmeasured warm-up, then the measured run,
     with CPU and RSS (and what the paused servers used meanwhile: nothing, if the pause held)."""
     server = servers[label]
-    others = [s for name, s in servers.items() if name != label and s is not server]
+    others = others_than(servers, label)
     with paused(others):
         run_wrk(url, body_file, content_type, c, args.warmup, headers)
         cpu0, idle0, t0 = server.cpu_seconds(), sum(s.cpu_seconds() for s in others), time.perf_counter()
@@ -185,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             data["profile"] = {}
             for ep in (ENDPOINTS_BY_KEY["classify"], ENDPOINTS_BY_KEY["noop"]):
                 log(f"profiling {DEFAULT} with py-spy: {ep.path} at c=32 for {PROFILE_SECONDS} s")
-                with paused([s for s in servers.values() if s is not servers[DEFAULT]]):
+                with paused(others_than(servers, DEFAULT)):
                     data["profile"][ep.key] = profile_under_load(servers[DEFAULT], ep, "application/json", files["classify_json"], 32)
             save()
     finally:

@@ -12,6 +12,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
+def stat_fields(stat: str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (which may hold spaces): state, ppid, ..."""
+    return stat[stat.rindex(")") + 2 :].split()
+
+
 def read_proc_stats(proc: str = "/proc") -> dict[int, tuple[int, float]]:
     """{pid: (parent pid, user + system CPU seconds)} of every live process."""
     out = {}
@@ -23,7 +28,7 @@ def read_proc_stats(proc: str = "/proc") -> dict[int, tuple[int, float]]:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+        fields = stat_fields(stat)
         out[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK)  # ppid; utime + stime
     return out
 
@@ -72,8 +77,8 @@ def process_state(pid: int, proc: str = "/proc") -> str:
     """R, S, T (stopped), ...; "" for a process that is gone."""
     try:
         with open(os.path.join(proc, str(pid), "stat")) as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+            return stat_fields(f.read())[0]
+    except (OSError, ValueError, IndexError):
         return ""
 
 
