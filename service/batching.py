@@ -5,6 +5,11 @@ A request queues its rows and waits. One task per batcher takes everything queue
 output. While a batch runs, new requests queue for the next one, so batches grow with load and
 a lone request waits for nothing (Triton's dynamic batcher with max_queue_delay 0). `wait_ms`
 optionally holds a batch open for more rows; `max_batch=1` turns batching off.
+
+A batch expected to take less than `inline_ms` (its rows times the batcher's running average of
+CPU seconds a row) runs on the event loop instead: for a small model, handing a batch to the
+thread and its answer back (two wake-ups, the GIL passed twice) cost more than the run itself.
+Longer batches keep the loop free for other requests.
 """
 
 from __future__ import annotations
@@ -59,9 +64,11 @@ class Batcher:
         join: Callable[[list], object | None] = join_feeds,
         rows_of: Callable[[object], int] = feed_rows,
         on_queued: Callable[[float], None] | None = None,
+        inline_ms: float = 0.0,
     ):
         self.name, self.run, self.join, self.rows_of = name, run, join, rows_of
-        self.max_batch, self.wait_s = max_batch, wait_ms / 1000
+        self.max_batch, self.wait_s, self.inline_s = max_batch, wait_ms / 1000, inline_ms / 1000
+        self.row_seconds: float | None = None  # running average of CPU seconds a row; None: no batch ran yet
         self.on_queued = on_queued
         self.queue: asyncio.Queue[Pending | None] | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
@@ -132,8 +139,12 @@ class Batcher:
             for p in batch:
                 await self._run_batch(loop, [p])
             return
+        rows = sum(p.count for p in batch)
         try:
-            outputs = await loop.run_in_executor(self.executor, self.run, joined)
+            if self.inline_s and self.row_seconds is not None and rows * self.row_seconds <= self.inline_s:
+                outputs = self.timed_run(joined, rows)
+            else:
+                outputs = await loop.run_in_executor(self.executor, self.timed_run, joined, rows)
         except Exception as e:
             if len(batch) > 1:  # one request's bad rows must not fail the others: each alone
                 for p in batch:
@@ -148,3 +159,9 @@ class Batcher:
                 p.future.set_result({name: array[start : start + p.count] for name, array in outputs.items()})
             start += p.count
 
+    def timed_run(self, joined, rows: int) -> Outputs:
+        started = time.thread_time()
+        outputs = self.run(joined)
+        per_row = (time.thread_time() - started) / max(rows, 1)
+        self.row_seconds = per_row if self.row_seconds is None else 0.8 * self.row_seconds + 0.2 * per_row
+        return outputs

@@ -25,6 +25,17 @@ from service.runtime import LoadedModel
 
 MAX_BATCH = int(os.environ.get("MODELSERVE_MAX_BATCH", 64))
 BATCH_WAIT_MS = float(os.environ.get("MODELSERVE_BATCH_WAIT_MS", 0))
+
+
+def default_inline_batch_ms() -> float:
+    """1 ms when the workers fill the cores: every core then runs a worker's event loop, and a
+    batch thread adds hand-offs but no parallelism. 0 with fewer workers than cores (the default
+    single worker), where the thread runs a batch on a core the loop leaves free."""
+    workers = int(os.environ.get("MODELSERVE_WORKERS", 1))
+    return 1.0 if workers >= len(os.sched_getaffinity(0)) else 0.0
+
+
+INLINE_BATCH_MS = float(os.environ.get("MODELSERVE_INLINE_BATCH_MS", default_inline_batch_ms()))
 # Output kinds compared by their top label when a shadow version runs beside the default.
 LABELLED_KINDS = ("logits", "probabilities")
 
@@ -65,7 +76,7 @@ class ServedModel:
     def _batcher(self, key: str, run, **kwargs) -> Batcher:
         labels = {"model": self.name, "version": self.version}
         queued = metrics.QUEUE_SECONDS.labels(**labels)
-        return Batcher(f"{self.name}:{self.version}:{key}", run, self.max_batch, BATCH_WAIT_MS, on_queued=queued.observe, **kwargs)
+        return Batcher(f"{self.name}:{self.version}:{key}", run, self.max_batch, BATCH_WAIT_MS, on_queued=queued.observe, inline_ms=INLINE_BATCH_MS, **kwargs)
 
     def _graph_runner(self, graph):
         names = [o.name for o in graph.outputs]

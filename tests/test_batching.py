@@ -1,12 +1,17 @@
 """service/batching.py on its own: rows come back to the request that sent them, batches respect
-their limit, a failing request fails alone, cancelled and closed batchers behave."""
+their limit, a failing request fails alone, cancelled and closed batchers behave, and short
+batches run on the event loop once their cost is known."""
 
 import asyncio
+import os
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from service.batching import Batcher, chain
+from service.tasks import default_inline_batch_ms
 
 
 class Recorder:
@@ -137,3 +142,53 @@ def test_holding_a_batch_open_collects_later_rows(wait_ms):
 
     asyncio.run(scenario())
     assert run.batches == ([2] if wait_ms else [1, 1])
+
+
+class ThreadRecorder(Recorder):
+    """A Recorder that also notes the thread each batch ran on, and spins `spin_s` of CPU."""
+
+    def __init__(self, spin_s: float = 0.0):
+        super().__init__()
+        self.threads, self.spin_s = [], spin_s
+
+    def __call__(self, feeds):
+        self.threads.append(threading.current_thread())
+        started = time.thread_time()
+        while time.thread_time() - started < self.spin_s:
+            pass
+        return super().__call__(feeds)
+
+
+def one_after_another(batcher, count):
+    async def scenario():
+        return [await batcher(feeds([i, i])) for i in range(count)]
+
+    return asyncio.run(scenario())
+
+
+def test_a_short_batch_runs_on_the_event_loop_once_its_cost_is_known():
+    run = ThreadRecorder()
+    batcher = Batcher("t", run, max_batch=64, inline_ms=50)
+    answers = one_after_another(batcher, 3)
+    assert run.threads[0] is not threading.main_thread(), "the first batch has no cost yet: it runs on the batch thread"
+    assert run.threads[1:] == [threading.main_thread()] * 2
+    assert 0 < batcher.row_seconds < 0.05
+    np.testing.assert_array_equal(answers[2]["double"], [[4, 4]])
+
+
+@pytest.mark.parametrize("inline_ms", [0, 1])
+def test_a_batch_longer_than_the_bound_runs_on_the_batch_thread(inline_ms):
+    run = ThreadRecorder(spin_s=0.005)
+    batcher = Batcher("t", run, max_batch=64, inline_ms=inline_ms)
+    one_after_another(batcher, 3)
+    assert threading.main_thread() not in run.threads
+    assert batcher.row_seconds >= 0.005
+
+
+def test_short_batches_run_inline_only_when_the_workers_fill_the_cores(monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("MODELSERVE_WORKERS", str(cores))
+    assert default_inline_batch_ms() == 1.0
+    if cores > 1:
+        monkeypatch.setenv("MODELSERVE_WORKERS", str(cores - 1))
+        assert default_inline_batch_ms() == 0.0
