@@ -107,8 +107,9 @@ def image_rows(values: np.ndarray, field: str = "images") -> np.ndarray:
     """Image rows [N, C, H, W]: 1 to MAX_ITEMS rows, finite, in [0, 1]."""
     array = np.asarray(values, dtype=np.float32)
     check_count(len(array), field)
-    # One pass on the hot path (NaN fails both comparisons); the reasons only for a refusal.
-    if not ((array >= 0) & (array <= 1)).all():
+    # Two reductions on the hot path (a NaN makes both NaN, which fails both comparisons); the
+    # reasons only for a refusal.
+    if array.size and not (array.min() >= 0 and array.max() <= 1):
         check_finite(array, field)
         raise ClientError(field, f"values must lie in [0, 1] (got {array.min():g} to {array.max():g})", "out_of_range")
     return np.ascontiguousarray(array)

@@ -190,11 +190,11 @@ class ModelServe:
     def predictions(self, route: ModelRoute, probabilities: np.ndarray, top_k: int) -> list[list[dict]]:
         served = route.primary
         labels = served.spec.labels
+        orders = np.argsort(-probabilities, axis=1)[:, :top_k].tolist()  # one numpy call a request, not a few a row
         found = []
-        for row in probabilities:
-            order = np.argsort(-row)[:top_k]
+        for row, order in zip(probabilities.tolist(), orders):
             served.predicted(labels[order[0]])
-            found.append([{"label": labels[i], "probability": float(row[i])} for i in order])
+            found.append([{"label": labels[i], "probability": row[i]} for i in order])
         return found
 
     if NOOP_ROUTE:
