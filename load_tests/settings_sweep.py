@@ -24,6 +24,9 @@ SETTINGS = [
     {},  # the defaults: 1 worker, 1 ONNX Runtime thread, no batch wait
     {"MODELSERVE_ORT_THREADS": "2"},
     {"MODELSERVE_WORKERS": "2"},
+    # short batches on the event loop (the default with a worker per core) against the batch thread
+    {"MODELSERVE_WORKERS": "2", "MODELSERVE_INLINE_BATCH_MS": "0"},
+    {"MODELSERVE_INLINE_BATCH_MS": "1"},
     {"MODELSERVE_BATCH_WAIT_MS": "2"},
     {"MODELSERVE_MAX_BATCH": "1"},
 ]
