@@ -67,7 +67,7 @@ def process_tree_rss_bytes(root: int, proc: str = "/proc") -> int:
     return total
 
 
-def signal_tree(pids: list[int], sig: int) -> None:
+def signal_tree(pids: tuple[int, ...], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
@@ -87,12 +87,12 @@ class ServerProcess:
     its process tree's CPU seconds and resident memory; how it waits its turn; and how it stops."""
 
     process: subprocess.Popen
-    paused_pids: list[int] = []
+    paused_pids: tuple[int, ...] = ()  # while paused: the tree, parents first
 
     def pause(self) -> None:
         """SIGSTOP to the whole tree, parents first: a server waiting its turn takes no CPU from
         the one measured (idle, LitServe's and Ray's processes took about 0.2 core)."""
-        self.paused_pids = process_tree(self.process.pid, read_proc_stats())
+        self.paused_pids = tuple(process_tree(self.process.pid, read_proc_stats()))
         signal_tree(self.paused_pids, signal.SIGSTOP)
         deadline = time.monotonic() + 2
         while any(process_state(pid) not in ("T", "") for pid in self.paused_pids) and time.monotonic() < deadline:
@@ -100,7 +100,7 @@ class ServerProcess:
 
     def resume(self) -> None:
         signal_tree(self.paused_pids[::-1], signal.SIGCONT)
-        self.paused_pids = []
+        self.paused_pids = ()
 
     def cpu_seconds(self) -> float:
         return process_tree_cpu_seconds(self.process.pid)
