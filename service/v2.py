@@ -281,6 +281,7 @@ async def infer(request: Request) -> Response:
     for tensor in tensors:
         spec = next(s for s in view.inputs if s.name == tensor["name"])
         values[spec.name], offset = read_input(tensor, spec, binary, offset)
+        tensor.pop("data", None)  # JSON lists, freed before the wait for a batch (as in /classify)
     try:
         feeds = route.primary.read_inputs(view, values, field_prefix="input ")
     except ClientError as e:
