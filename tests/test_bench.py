@@ -175,6 +175,17 @@ def test_summarize_profile_splits_threads_and_counts_innermost_frames():
     )
     summary = profiling.summarize_profile(raw)
     assert summary["samples"] == 30
+    submit = f"submit ({stdlib}/concurrent/futures/thread.py:176)"
+    named = "\n".join(
+        [
+            f"thread (101): MainThread;classify ({common.ROOT}/service/service.py:249) 5",  # a task's stack, no runner below it
+            f"thread (101): MainThread;{loop};{submit} 1",  # the loop handing a batch to the pool
+            f"thread (102): batch-cnn:v1:model.onnx_0;run ({site}/onnxruntime/capi/session.py:406) 3",
+            f"thread (103): modelserve-state-watcher;run ({common.ROOT}/service/state.py:169) 2",
+        ]
+    )
+    by_name = profiling.summarize_profile(named)["threads"]
+    assert {kind: t["samples"] for kind, t in by_name.items()} == {"event loop": 6, "batch": 3, "other": 2}
     event_loop, batch = summary["threads"]["event loop"], summary["threads"]["batch"]
     assert list(summary["threads"])[0] == "event loop" and set(summary["threads"]) == {"event loop", "batch", "other"}
     assert summary["threads"]["other"]["samples"] == 2

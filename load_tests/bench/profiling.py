@@ -73,7 +73,13 @@ WAITING = ("Runner.run (", "BaseEventLoop.run_forever (", "select (", "_worker (
 
 def thread_kind(frames: list[str]) -> str:
     """"batch" for the batchers' pool threads, "event loop" for the thread running asyncio,
-    "other" for the rest (the serving-state watcher)."""
+    "other" for the rest (the serving-state watcher). By the thread's name where py-spy gives it
+    (`--threads`: "thread (ID): NAME" first): a task's stack often lacks the frames below it
+    (asyncio's runner), and the loop's own stack holds the pool's code when it submits a batch.
+    The batchers name their threads "batch-..." (service/batching.py)."""
+    if frames[0].startswith("thread (") and ": " in frames[0]:
+        name = frames[0].partition(": ")[2]
+        return "batch" if name.startswith("batch-") else "event loop" if name == "MainThread" else "other"
     if any("concurrent/futures/thread.py" in f for f in frames):
         return "batch"
     return "event loop" if any("asyncio/runners.py" in f for f in frames) else "other"
@@ -134,7 +140,7 @@ def profile_under_load(server, ep, content_type: str, body_file: str, c: int, se
             time.sleep(1)
             result = subprocess.run(
                 [py_spy, "record", "--pid", str(pids[0]), "--duration", str(seconds), "--rate", "100",
-                 "--nonblocking", "--full-filenames", "--format", "raw", "--output", out.name],
+                 "--nonblocking", "--threads", "--full-filenames", "--format", "raw", "--output", out.name],
                 capture_output=True, text=True, timeout=seconds + 60,
             )
         finally:
