@@ -182,10 +182,13 @@ def test_summarize_profile_splits_threads_and_counts_innermost_frames():
             f"thread (101): MainThread;{loop};{submit} 1",  # the loop handing a batch to the pool
             f"thread (102): batch-cnn:v1:model.onnx_0;run ({site}/onnxruntime/capi/session.py:406) 3",
             f"thread (103): modelserve-state-watcher;run ({common.ROOT}/service/state.py:169) 2",
+            "thread (101): MainThread 2",  # uvloop's C code, no Python frame
         ]
     )
     by_name = profiling.summarize_profile(named)["threads"]
-    assert {kind: t["samples"] for kind, t in by_name.items()} == {"event loop": 6, "batch": 3, "other": 2}
+    assert {kind: t["samples"] for kind, t in by_name.items()} == {"event loop": 8, "batch": 3, "other": 2}
+    assert ("event loop and HTTP (asyncio, uvicorn, h11)", 0.25) in by_name["event loop"]["layers"]
+    assert ("(C code, no Python frame)", 0.25) in by_name["event loop"]["functions"]
     event_loop, batch = summary["threads"]["event loop"], summary["threads"]["batch"]
     assert list(summary["threads"])[0] == "event loop" and set(summary["threads"]) == {"event loop", "batch", "other"}
     assert summary["threads"]["other"]["samples"] == 2

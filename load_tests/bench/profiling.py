@@ -102,8 +102,13 @@ def summarize_profile(raw: str, top: int = 12) -> dict:
         if leaf.startswith(WAITING):
             thread["waiting"] += n
             continue
-        thread["layers"][frame_layer(leaf)] = thread["layers"].get(frame_layer(leaf), 0) + n
-        thread["functions"][short_frame(leaf)] = thread["functions"].get(short_frame(leaf), 0) + n
+        if leaf.startswith("thread ("):  # no Python frame: the thread in C code (on the event loop, uvloop's)
+            layer = LAYERS["asyncio"] if name == "event loop" else frame_layer(leaf)
+            function = "(C code, no Python frame)"
+        else:
+            layer, function = frame_layer(leaf), short_frame(leaf)
+        thread["layers"][layer] = thread["layers"].get(layer, 0) + n
+        thread["functions"][function] = thread["functions"].get(function, 0) + n
 
     def shares(counts: dict, total: int) -> list[tuple[str, float]]:
         return [(key, n / total) for key, n in sorted(counts.items(), key=lambda item: -item[1])]
