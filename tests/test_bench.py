@@ -175,6 +175,24 @@ def test_summarize_profile_splits_threads_and_counts_innermost_frames():
     )
     summary = profiling.summarize_profile(raw)
     assert summary["samples"] == 30
+    event_loop, batch = summary["threads"]["event loop"], summary["threads"]["batch"]
+    assert list(summary["threads"])[0] == "event loop" and set(summary["threads"]) == {"event loop", "batch", "other"}
+    assert summary["threads"]["other"]["samples"] == 2
+    assert (event_loop["samples"], event_loop["waiting"]) == (20, 0.5)
+    assert event_loop["layers"] == [
+        ("pydantic (request parsing and validation)", 0.6),
+        ("modelserve's own code (service/)", 0.3),
+        ("OpenTelemetry (BentoML's tracing middleware)", 0.1),
+    ]
+    assert event_loop["functions"][0] == ("validate (pydantic/main.py:847)", 0.6)
+    assert event_loop["functions"][1] == ("classify (service/service.py:249)", 0.3)
+    assert (batch["samples"], batch["waiting"], batch["layers"]) == (8, 0.5, [("ONNX Runtime", 1.0)])
+
+
+def test_summarize_profile_sorts_threads_by_their_names():
+    site = "/venv/lib/python3.11/site-packages"
+    stdlib = "/usr/lib/python3.11"
+    loop = f"Runner.run ({stdlib}/asyncio/runners.py:118)"
     submit = f"submit ({stdlib}/concurrent/futures/thread.py:176)"
     named = "\n".join(
         [
@@ -189,18 +207,6 @@ def test_summarize_profile_splits_threads_and_counts_innermost_frames():
     assert {kind: t["samples"] for kind, t in by_name.items()} == {"event loop": 8, "batch": 3, "other": 2}
     assert ("event loop and HTTP (asyncio, uvicorn, h11)", 0.25) in by_name["event loop"]["layers"]
     assert ("(C code, no Python frame)", 0.25) in by_name["event loop"]["functions"]
-    event_loop, batch = summary["threads"]["event loop"], summary["threads"]["batch"]
-    assert list(summary["threads"])[0] == "event loop" and set(summary["threads"]) == {"event loop", "batch", "other"}
-    assert summary["threads"]["other"]["samples"] == 2
-    assert (event_loop["samples"], event_loop["waiting"]) == (20, 0.5)
-    assert event_loop["layers"] == [
-        ("pydantic (request parsing and validation)", 0.6),
-        ("modelserve's own code (service/)", 0.3),
-        ("OpenTelemetry (BentoML's tracing middleware)", 0.1),
-    ]
-    assert event_loop["functions"][0] == ("validate (pydantic/main.py:847)", 0.6)
-    assert event_loop["functions"][1] == ("classify (service/service.py:249)", 0.3)
-    assert (batch["samples"], batch["waiting"], batch["layers"]) == (8, 0.5, [("ONNX Runtime", 1.0)])
 
 
 def test_profile_section_says_why_there_is_no_profile():
