@@ -156,10 +156,13 @@ def test_the_wrk_script_prints_what_parse_wrk_reads():
         assert f'"{key}' in script
 
 
+# py-spy frames as `--full-filenames` writes them
+SITE, STDLIB = "/venv/lib/python3.11/site-packages", "/usr/lib/python3.11"
+LOOP_FRAME = f"Runner.run ({STDLIB}/asyncio/runners.py:118)"
+
+
 def test_summarize_profile_splits_threads_and_counts_innermost_frames():
-    site = "/venv/lib/python3.11/site-packages"
-    stdlib = "/usr/lib/python3.11"
-    loop = f"Runner.run ({stdlib}/asyncio/runners.py:118)"
+    site, stdlib, loop = SITE, STDLIB, LOOP_FRAME
     pool = f"_worker ({stdlib}/concurrent/futures/thread.py:81)"
     raw = "\n".join(
         [
@@ -190,9 +193,7 @@ def test_summarize_profile_splits_threads_and_counts_innermost_frames():
 
 
 def test_summarize_profile_sorts_threads_by_their_names():
-    site = "/venv/lib/python3.11/site-packages"
-    stdlib = "/usr/lib/python3.11"
-    loop = f"Runner.run ({stdlib}/asyncio/runners.py:118)"
+    site, stdlib, loop = SITE, STDLIB, LOOP_FRAME
     submit = f"submit ({stdlib}/concurrent/futures/thread.py:176)"
     named = "\n".join(
         [
